@@ -1,0 +1,150 @@
+"""Where things run: connecting to Ray, resources for actors and trials, device choice.
+
+Algorithms never call ``ray.init`` or ``ray.remote`` themselves; they call ``connect`` and
+``make_actor`` here, so the same code runs on an embedded local instance, a laptop cluster
+or a multi-node GPU cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from cluster.errors import ConnectError, ReinforgeError
+
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """Fail fast with one line if nothing listens at ``address`` (host:port or URL).
+
+    ``ray.init`` on a dead address retries for a long time; a TCP probe answers in seconds.
+    """
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise ConnectError(
+            f"cannot parse Ray address {address!r}; expected HOST:PORT (e.g. 127.0.0.1:6379) or ray://HOST:10001"
+        )
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConnectError(
+            f"cannot reach Ray cluster at {address} ({reason}); check the address and that the head is "
+            "running (`ray start --head`), or unset RAY_ADDRESS to use an embedded local instance"
+        ) from None
+
+
+def connect(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    quiet: bool = True,
+) -> dict[str, float]:
+    """Connect to Ray and return the cluster's resources.
+
+    ``address`` (or ``RAY_ADDRESS``) joins an existing cluster; without one an embedded local
+    instance is started with ``num_cpus``/``num_gpus``. Already connected: returns at once.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return dict(ray.cluster_resources())
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"log_to_driver": not quiet, "logging_level": "ERROR" if quiet else "INFO"}
+    if address:
+        if address != "auto":
+            _probe(address, timeout_s)
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConnectError(f"cannot connect to Ray cluster at {address}: {first}") from None
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+    return dict(ray.cluster_resources())
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def cluster_gpus() -> float:
+    """GPUs the connected cluster offers (0 when not connected)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one actor or trial asks for. ``num_gpus`` may be fractional (e.g. 0.25)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_bytes: int | None = None
+
+    def validate(self) -> Resources:
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ReinforgeError(f"negative resources requested: {self}")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ReinforgeError(f"num_gpus={self.num_gpus}: fractions are allowed only below 1")
+        return self
+
+    def ray_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes:
+            opts["memory"] = self.memory_bytes
+        return opts
+
+    def tune_resources(self) -> dict[str, float]:
+        return {"cpu": self.num_cpus, "gpu": self.num_gpus}
+
+
+def make_actor(
+    cls: type,
+    *args: Any,
+    resources: Resources | None = None,
+    max_restarts: int = 0,
+    max_task_retries: int = 0,
+    name: str | None = None,
+    **kwargs: Any,
+):
+    """Start ``cls`` as a Ray actor with the given resources; returns the actor handle.
+
+    ``max_restarts`` > 0 makes Ray restart a dead actor (its constructor runs again), which is
+    how rollout workers survive being killed.
+    """
+    import ray
+
+    res = (resources or Resources()).validate()
+    opts = res.ray_options()
+    opts.update(max_restarts=max_restarts, max_task_retries=max_task_retries)
+    if name:
+        opts["name"] = name
+    remote_cls = cls if hasattr(cls, "remote") else ray.remote(cls)
+    return remote_cls.options(**opts).remote(*args, **kwargs)
+
+
+def select_device(preference: str = "auto"):
+    """``auto``: CUDA when present, else CPU. ``cpu``/``cuda``/``cuda:1``/``mps`` force one."""
+    import torch
+
+    pref = (preference or "auto").lower()
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise ReinforgeError(f"device {preference!r} requested but no CUDA GPU is visible; use device=auto or cpu")
+    try:
+        return torch.device(pref)
+    except RuntimeError:
+        raise ReinforgeError(f"unknown device {preference!r}; use auto, cpu, cuda or cuda:N") from None

@@ -1,0 +1,42 @@
+"""``reinforge bench``: run the benchmarks in benchmarks/ (JSON out, side-by-side table)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from cluster.errors import ReinforgeError
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def available() -> list[str]:
+    return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="run benchmarks (writes bench-results/*.json and prints a table)")
+    p.add_argument("name", nargs="?", default="all", help="benchmark name or 'all' (see --list)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks")
+    p.add_argument("--quick", action="store_true", help="smallest sizes (a smoke run)")
+    p.add_argument("--out", default="bench-results", help="directory for the JSON results")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    names = available()
+    if args.list:
+        print("\n".join(names) if names else "no benchmarks found")
+        return 0
+    if args.name != "all" and args.name not in names:
+        raise ReinforgeError(f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'}")
+    status = 0
+    for name in names if args.name == "all" else [args.name]:
+        cmd = [sys.executable, str(BENCH_DIR / f"bench_{name}.py"), "--out", args.out]
+        if args.quick:
+            cmd.append("--quick")
+        print(f"== bench {name}: {' '.join(cmd)}", flush=True)
+        status = max(status, subprocess.call(cmd))
+    return status
