@@ -57,6 +57,8 @@ PIPELINES: dict[str, Pipeline] = {
     for p in [
         Pipeline("demo", "pipelines.plumbing:PlumbingExperiment", "pipelines.plumbing:run",
                  "plumbing check: Ray actors, run dir, metrics, checkpoint, plot"),
+        Pipeline("toy", "pipelines.toy:ToyExperiment", "pipelines.toy:run",
+                 "noisy quadratic with checkpoints: a fast target for sweeps and fault tests", uses_ray=False),
     ]
 }
 
