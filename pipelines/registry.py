@@ -110,7 +110,7 @@ def resolve(
     layers: list[dict[str, Any]] = []
     sources: list[str] = []
     names: list[tuple[str, str]] = []
-    for label, path in (("preset", cfg.preset_path(preset) if preset else None), ("config", config_file)):
+    for path in (cfg.preset_path(preset) if preset else None, config_file):
         if path is None:
             continue
         name, data = _split_pipeline(cfg.load_yaml(path), str(path))

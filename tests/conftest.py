@@ -16,6 +16,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Ray workers inherit this environment: let them import the project and the test modules
+# (actor classes defined in a test file are pickled by reference to that module).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT), str(ROOT / "tests")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +44,6 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path
     full_env = {**os.environ, **(env or {})}
     if ray_address:
         full_env["RAY_ADDRESS"] = ray_address
-    full_env.setdefault("PYTHONPATH", str(ROOT))
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *args],
         capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=full_env,
