@@ -1,0 +1,124 @@
+"""The generative pipeline's own config: one plain dataclass, validated on construction.
+
+``pipelines/gen_pipeline.py`` composes it into the experiment (``gen:`` section of a preset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from cluster.errors import ConfigError
+
+MODELS = ("gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco")
+DATASETS = ("ring8", "grid25", "digits", "atari-frames")
+LABELLED = {"digits"}
+IMAGE_DATA = {"digits", "atari-frames"}
+
+Model = Literal["gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco"]
+Data = Literal["ring8", "grid25", "digits", "atari-frames"]
+
+# What each model needs from its data: labels (conditional models), images (contrastive).
+NEEDS_LABELS = {"cgan", "cvae"}
+NEEDS_IMAGES = {"simclr", "moco"}
+UNET_DOWNSAMPLING = 4  # two 2x downsamplings in generative.unet.UNet
+
+
+@dataclass
+class GenConfig:
+    model: Model = "wgan-gp"
+    data: Data = "ring8"
+    workers: int = 1  # Ray Train workers (0 = in-process, for unit tests and debugging)
+    use_gpu: bool = False  # one GPU per Train worker
+    max_failures: int = 1  # Ray Train FailureConfig: restarts of the worker group from the last checkpoint
+    epochs: int = 10
+    batch_size: int = 256  # per worker
+    learning_rate: float = 2e-4
+    dataset_size: int = 20_000  # points drawn for ring8/grid25 (fixed dataset, seeded)
+    image_size: int = 16  # digits are padded/upsampled from 8x8 to this (16 or 32)
+    hidden: int = 128  # width of MLPs (2-D) / base channels of CNNs (images: hidden // 2)
+    latent_dim: int = 0  # 0: a sensible default per model and data (2-D: 2 for VAE, 8 for GAN; images: 32 / 64)
+    # GAN family
+    critic_steps: int = 1  # discriminator/critic steps per generator step (WGANs: 5 is classic)
+    gp_weight: float = 10.0  # WGAN-GP lambda
+    clip_value: float = 0.01  # WGAN weight clipping
+    # VAE family
+    beta: float = 1.0  # weight of KL(q(z|x) || N(0, I))
+    # DDPM
+    timesteps: int = 200
+    schedule: Literal["linear", "cosine"] = "linear"
+    beta_start: float = 1e-4  # linear schedule endpoints (scaled by 1000/timesteps as in improved-DDPM)
+    beta_end: float = 0.02
+    class_conditional: bool = True  # DDPM on labelled data: class embedding + classifier-free guidance
+    cond_drop: float = 0.1  # probability of dropping the label in training (classifier-free guidance)
+    guidance_scale: float = 2.0  # w in eps = (1 + w) eps(x, c) - w eps(x)
+    cross_attention: bool = False  # condition through cross-attention on the class token instead of adding it
+    # contrastive
+    temperature: float = 0.2  # NT-Xent / InfoNCE temperature
+    projection_dim: int = 64
+    moco_momentum: float = 0.99
+    moco_queue: int = 2048
+    # evaluation / output
+    eval_samples: int = 2500  # samples for the mode / digits metrics
+    grid_samples: int = 64  # images in the PNG sample grid
+    atari_game: str = "ALE/Pong-v5"
+    atari_frames: int = 2000  # frame stacks recorded for the atari-frames dataset
+    log_every: int = 1  # epochs between reports (each report carries a checkpoint)
+
+    def validate(self) -> None:
+        if self.model in NEEDS_LABELS and self.data not in LABELLED:
+            raise ConfigError(
+                f"model {self.model!r} is class-conditional but data {self.data!r} has no labels; "
+                f"use --data digits or an unconditional model ({'gan' if self.model == 'cgan' else 'vae'})"
+            )
+        if self.model in NEEDS_IMAGES and self.data not in IMAGE_DATA:
+            raise ConfigError(
+                f"model {self.model!r} learns image encoders with image augmentations; "
+                f"use --data digits or atari-frames, not {self.data!r}"
+            )
+        if self.data == "atari-frames" and self.model not in ("vae", "simclr", "moco"):
+            raise ConfigError(
+                f"atari-frames trains encoders for the RL torso; use --model vae, simclr or moco, not {self.model!r}"
+            )
+        if self.data == "digits":
+            if self.image_size not in (16, 32):
+                raise ConfigError(f"gen.image_size={self.image_size}: digits are padded to 16 or 32; use 16 or 32")
+            if self.model == "ddpm" and self.image_size % UNET_DOWNSAMPLING:
+                raise ConfigError(
+                    f"gen.image_size={self.image_size} is not divisible by the U-Net's downsampling "
+                    f"({UNET_DOWNSAMPLING}); use 16 or 32"
+                )
+        for name in ("epochs", "batch_size", "dataset_size", "timesteps", "eval_samples", "grid_samples",
+                     "hidden", "critic_steps", "log_every", "atari_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"gen.{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0 or self.max_failures < 0 or self.latent_dim < 0:
+            raise ConfigError("gen.workers, gen.max_failures and gen.latent_dim must be >= 0")
+        if self.learning_rate <= 0 or self.temperature <= 0 or self.beta < 0:
+            raise ConfigError("gen.learning_rate and gen.temperature must be > 0 and gen.beta >= 0")
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ConfigError(f"gen.cond_drop={self.cond_drop} must be in [0, 1)")
+        if not 0.0 < self.moco_momentum < 1.0:
+            raise ConfigError(f"gen.moco_momentum={self.moco_momentum} must be in (0, 1)")
+        if self.schedule == "linear" and not 0 < self.beta_start < self.beta_end < 1:
+            raise ConfigError("gen.beta_start < gen.beta_end must both lie in (0, 1)")
+
+    # --- derived ---------------------------------------------------------------------------
+    @property
+    def is_2d(self) -> bool:
+        return self.data in ("ring8", "grid25")
+
+    @property
+    def conditional(self) -> bool:
+        return self.model in NEEDS_LABELS or (self.model == "ddpm" and self.class_conditional and self.data in LABELLED)
+
+    @property
+    def z_dim(self) -> int:
+        if self.latent_dim:
+            return self.latent_dim
+        if self.is_2d:
+            return 2 if self.model in ("vae", "cvae") else 8
+        return 32 if self.model in ("vae", "cvae") else 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)

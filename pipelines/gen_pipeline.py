@@ -1,0 +1,66 @@
+"""The ``gen`` pipeline: generative pretraining with Ray Train (GANs, VAEs, DDPM, contrastive).
+
+run(): record Atari frames if needed -> ``generative.train.fit`` (TorchTrainer; storage inside the
+run dir, name ``gen``, so ``--resume RUN_DIR`` continues from Ray's latest checkpoint) -> the
+per-epoch metrics into the run dir -> the final checkpoint into ``checkpoints/`` -> offline
+metrics, sample grids and (for Atari encoders) ``encoder/torso.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from generative.config import GenConfig
+from pipelines.registry import RunConfig
+
+
+@dataclass
+class GenExperiment:
+    run: RunConfig = field(default_factory=RunConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
+
+
+def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
+    from cluster.checkpoint import load_checkpoint
+    from cluster.runtime import select_device
+    from generative.evaluate import evaluate
+    from generative.train import build_model, check_compatible, fit, restore
+
+    cfg, seed = exp.gen, exp.run.seed
+    if cfg.use_gpu:
+        select_device("cuda")  # one line if no GPU is visible
+    frames_path = None
+    if cfg.data == "atari-frames":
+        from generative.data import record_atari_frames
+
+        frames_path = str(record_atari_frames(cfg.atari_game, cfg.atari_frames, seed))
+    latest = run_dir.latest_checkpoint()
+    if latest is not None:  # --resume: the run dir must hold this model
+        check_compatible(load_checkpoint(latest)["state"], cfg, f"run dir {run_dir.path}")
+    metrics_path = run_dir.path / "train_metrics.jsonl"
+    done = sum(1 for _ in open(metrics_path)) if metrics_path.is_file() else 0
+    final_path, last = fit(cfg, run_dir.path / "ray_train", seed=seed, name="gen",
+                           resume_from=str(latest) if latest else None, frames_path=frames_path,
+                           metrics_path=str(metrics_path))
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()[done:] if line.strip()]
+    for row in rows:  # the workers' per-epoch reports, into metrics.jsonl / TensorBoard / listeners
+        step = row.pop("step")
+        run_dir.log(row, step=step)
+    ckpt = load_checkpoint(final_path)
+    run_dir.save_checkpoint(ckpt.step, ckpt.objects, keep=exp.run.keep_checkpoints, model=cfg.model, data=cfg.data)
+    model = build_model(cfg, "cpu")
+    restore(model, ckpt, cfg)
+    metrics, _ = evaluate(model, cfg, run_dir.path, seed=seed, frames_path=frames_path)
+    loss_keys = [k for k in ("d_loss", "g_loss", "loss") if any(k in r for r in rows)]
+    if loss_keys:
+        run_dir.plot("losses", loss_keys, title=f"{cfg.model} on {cfg.data}")
+    final = {"epochs": ckpt.step, "samples_per_s": float(last.get("samples_per_s", 0.0)),
+             "workers": max(cfg.workers, 1)}
+    final.update({k: v for k, v in last.items() if k in ("loss", "d_loss", "g_loss")})
+    final.update(metrics)
+    run_dir.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=ckpt.step)
+    (Path(run_dir.path) / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    return final
