@@ -50,6 +50,12 @@ KNOWN_METRICS: dict[str, tuple[str, ...]] = {
 DEFAULT_METRIC: dict[str, tuple[str, str]] = {"demo": ("abs_error", "min")}
 
 
+class SweepInterrupted(ReinforgeError):
+    """Ctrl-C (or a dead driver) stopped the sweep; Tune saved its state for ``--resume``."""
+
+    exit_code = 130
+
+
 # --- search expressions -------------------------------------------------------------------
 @dataclass(frozen=True)
 class SearchSpec:
@@ -86,7 +92,8 @@ class SearchSpec:
 
 def _literal(node: ast.AST, text: str) -> Any:
     if isinstance(node, ast.Name):  # choice(adam, sgd): bare words are strings
-        return {"True": True, "False": False, "None": None}.get(node.id, node.id)
+        words = {"true": True, "false": False, "none": None, "null": None}
+        return words.get(node.id.lower(), node.id) if node.id.lower() in words else node.id
     try:
         return ast.literal_eval(node)
     except (ValueError, SyntaxError, TypeError):
@@ -624,6 +631,11 @@ def report(plan: Plan, results, top: int | None = None) -> dict[str, Any]:
     print(f"experiment dir: {d}")
     if plot:
         print(f"plot: {plot}")
+    # Finished trials (and those a scheduler stopped) end with done=True; Ctrl-C leaves it False.
+    unfinished = sum(1 for r in results if r.error is None and not (r.metrics or {}).get("done"))
+    if unfinished > 0:
+        raise SweepInterrupted(f"sweep stopped with {unfinished} of {len(results)} trial(s) unfinished; "
+                               f"continue it with: reinforge tune --resume {d}")
     if not ok:
         first = errors[0].error if errors else "no trial reported the metric"
         raise ReinforgeError(f"every trial failed ({first}); see the trial run dirs under {d}")

@@ -1,0 +1,159 @@
+"""Tune sweeps: the search-expression parser, refusals before any trial starts, an ASHA sweep,
+and an interrupted sweep that resumes (``reinforge tune --resume``)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.errors import ConfigError
+from pipelines import tune as T
+from tests.conftest import ROOT, run_cli
+
+
+# --- the parser ---------------------------------------------------------------------------
+@pytest.mark.parametrize("text,kind,args", [
+    ("rl.learning_rate=loguniform(1e-5,1e-3)", "loguniform", (1e-5, 1e-3)),
+    ("rl.batch_size=choice(32, 64)", "choice", (32, 64)),
+    ("toy.noise=uniform(0, 0.5)", "uniform", (0, 0.5)),
+    ("toy.dim=randint(2,6)", "randint", (2, 6)),
+    ("rl.optimizer=grid(adam, 'sgd')", "grid", ("adam", "sgd")),
+    ("a.flag=choice(true, False)", "choice", (True, False)),
+])
+def test_parse_search(text, kind, args):
+    spec = T.parse_search(text)
+    assert (spec.key, spec.kind, spec.args) == (text.split("=")[0], kind, args)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("toy.learning_rate=logunifrm(1e-3,1e-1)", "did you mean 'loguniform'"),
+    ("toy.learning_rate=loguniform(1e-3", "cannot parse"),
+    ("toy.learning_rate", "cannot parse"),
+    ("toy.learning_rate=loguniform(0,1)", "0 < low"),
+    ("toy.learning_rate=uniform(2,1)", "low < high"),
+    ("toy.dim=randint(1.5,3)", "integers"),
+    ("toy.dim=choice()", "at least one"),
+    ("toy.dim=choice(x=1)", "cannot parse"),
+    ("toy..dim=choice(1)", "dotted config key"),
+])
+def test_parse_search_refuses_with_one_line(text, needle):
+    with pytest.raises(ConfigError) as err:
+        T.parse_search(text)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def _sweep(search, sets=(), **flags):
+    return T.sweep_from_sources("toy", None, {"storage_path": flags.pop("storage_path", "/nonexistent"), **flags},
+                                list(search), list(sets))
+
+
+@pytest.mark.parametrize("search,flags,needle", [
+    (["toy.lr=loguniform(1e-3,1e-1)"], {}, "did you mean 'toy.learning_rate'"),
+    (["toy.dim=uniform(1,4)"], {}, "expected int"),  # a float range on an int key
+    (["toy.learning_rate=loguniform(1e-3,1e-1)"], {"metric": "los"}, "never reports metric 'los'"),
+    (["toy.learning_rate=loguniform(1e-3,1e-1)"], {"metric": "grad_norm"}, "--mode"),
+    (["toy.learning_rate=grid(0.1,0.2)"], {"scheduler": "pbt"}, "PBT cannot mutate grid"),
+    ([], {}, "nothing to search"),
+])
+def test_plan_refuses_before_any_trial(search, flags, needle):
+    with pytest.raises(ConfigError) as err:
+        T.plan_sweep(_sweep(search, **flags))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_refusal_is_one_line_and_starts_nothing(tmp_path):
+    res = run_cli("tune", "toy", "--search", "toy.learning_rate=logunifrm(1e-3,1e-1)", "--storage-path", str(tmp_path))
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "reinforge: error: unknown search function" in res.stderr
+    assert not any(tmp_path.iterdir())
+    res = run_cli("tune", "toy", "--search", "toy.learning_rate=uniform(0.01,0.1)", "--metric", "accuracy",
+                  "--mode", "max", "--storage-path", str(tmp_path))
+    assert res.returncode == 2 and "never reports metric 'accuracy'" in res.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_sweep_file_and_flags(tmp_path):
+    f = tmp_path / "sweep.yaml"
+    f.write_text("sweep:\n  preset: toy\n  set: [toy.steps=3]\n  search:\n    toy.learning_rate: loguniform(1e-3, 1e-1)\n"
+                 "  num_samples: 3\n  scheduler: asha\n")
+    layer = T.load_sweep_file(f)
+    sweep = T.sweep_from_sources(str(f), layer, {"num_samples": 2}, ["toy.noise=choice(0.0, 0.1)"], ["toy.dim=2"])
+    plan = T.plan_sweep(sweep)
+    assert plan.sweep.num_samples == 2 and plan.sweep.scheduler == "asha"
+    assert {s.key for s in plan.specs} == {"toy.learning_rate", "toy.noise"}
+    assert plan.base["toy"]["steps"] == 3 and plan.base["toy"]["dim"] == 2
+    assert (plan.metric, plan.mode) == ("loss", "min")
+    f.write_text("sweep:\n  presett: toy\n")
+    with pytest.raises(ConfigError, match="did you mean 'sweep.preset'"):
+        T.sweep_from_sources(str(f), T.load_sweep_file(f), {}, [], [])
+
+
+def test_demo_trial_reserves_its_actors():
+    plan = T.plan_sweep(T.sweep_from_sources("demo", None, {"cpus_per_trial": 0.5},
+                                             ["demo.samples_per_step=choice(100,200)"], ["demo.num_actors=2"]))
+    assert plan.bundles == [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.5}]
+
+
+# --- sweeps on the session's Ray instance --------------------------------------------------
+def test_more_gpus_than_cluster_refused_before_any_trial(ray_session, tmp_path):
+    plan = T.plan_sweep(_sweep(["toy.learning_rate=loguniform(1e-3,1e-1)"], gpus_per_trial=1,
+                               storage_path=str(tmp_path)))
+    with pytest.raises(ConfigError, match="--gpus-per-trial 1 but the cluster has 0 GPUs"):
+        T.run_sweep(plan, verbose=0)
+    assert not any(tmp_path.iterdir())  # nothing written, no trial started
+
+
+@pytest.mark.slow
+def test_two_trial_asha_sweep_reports_best(ray_session, tmp_path, capsys):
+    sweep = _sweep(["toy.learning_rate=grid(0.01, 0.3)"], ["toy.steps=8", "toy.checkpoint_every=4"],
+                   scheduler="asha", cpus_per_trial=1, storage_path=str(tmp_path), name="asha")
+    plan = T.plan_sweep(sweep)
+    results = T.run_sweep(plan, verbose=0)
+    summary = T.report(plan, results)
+    out = capsys.readouterr().out
+    assert summary["trials"] == 2 and summary["errored"] == 0
+    assert summary["best"]["params"]["toy.learning_rate"] == 0.3  # the larger step gets closer in 8 steps
+    assert "best trials by loss (min)" in out and "scheduler asha" in out
+    assert (tmp_path / "asha" / "plots" / "loss.png").is_file()
+    best_run = tmp_path / "asha" / summary["best"]["run_dir"].split("/asha/")[1]
+    assert (best_run / "config.yaml").is_file() and (best_run / "metrics.jsonl").is_file()
+    assert json.loads((tmp_path / "asha" / "best.json").read_text())["best"]["value"] == summary["best"]["value"]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes(ray_session, tmp_path):
+    """Ctrl-C a sweep once a trial has a checkpoint; ``--resume`` finishes it from there."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pipelines.cli", "tune", "toy", "--search", "toy.learning_rate=choice(0.05)",
+           "--set", "toy.steps=20", "--set", "toy.step_seconds=0.3", "--set", "toy.checkpoint_every=4",
+           "--storage-path", str(tmp_path), "--name", "exp"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.time()
+        while not glob.glob(str(tmp_path / "exp" / "*" / "checkpoint_000000")):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            assert time.time() - t0 < 120, "no checkpoint within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert rc == 130, (tmp_path / "first.log").read_text()[-2000:]
+    assert "reinforge tune --resume" in (tmp_path / "first.log").read_text()
+    res = run_cli("tune", "--resume", str(tmp_path / "exp"), ray_address=ray_session, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "best trials by loss" in res.stdout
+    rows = [json.loads(x) for x in open(glob.glob(str(tmp_path / "exp" / "*" / "run" / "metrics.jsonl"))[0])]
+    assert rows[-1]["step"] == 20
+    assert max(r["resumed_from"] for r in rows) >= 4  # continued from a checkpoint, not from scratch
