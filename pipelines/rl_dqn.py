@@ -1,0 +1,69 @@
+"""The ``rl-dqn`` pipeline: DQN / Double DQN on Atari (or any Discrete gymnasium env) with Ray
+rollout actors. ``reinforge rl train --algo dqn|ddqn`` and ``reinforge rl eval`` land here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.registry import RunConfig
+from rl.dqn import DQNConfig
+from rl.envs import EnvConfig
+from rl.rollout import RolloutConfig
+
+
+@dataclass
+class DQNExperiment:
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rl: DQNConfig = field(default_factory=DQNConfig)
+
+    def validate(self) -> None:
+        from rl.envs import check_env_id
+
+        check_env_id(self.env.id)
+
+
+def run(exp: DQNExperiment, run_dir) -> dict[str, Any]:
+    from rl.dqn_learner import train
+
+    return train(exp.env, exp.rollout, exp.rl, run_dir, seed=exp.run.seed, device=exp.run.device,
+                 keep_checkpoints=exp.run.keep_checkpoints)
+
+
+def evaluate(run_path: str | Path, experiment: DQNExperiment, episodes: int, epsilon: float | None = None,
+             video: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Evaluate the latest checkpoint of a DQN run dir on the raw game score."""
+    import torch
+
+    from cluster.checkpoint import load_checkpoint
+    from rl.dqn_learner import load_q_network
+    from rl.envs import make_env
+    from rl.evaluation import evaluate_policy
+
+    ckpt = load_checkpoint(run_path)
+    probe = make_env(experiment.env, seed=seed, training=False)
+    net = load_q_network(ckpt, probe.observation_space)
+    probe.close()
+    eps = experiment.rl.eval_epsilon if epsilon is None else epsilon
+    video_dir = Path(run_path) / "videos" if video and Path(run_path).is_dir() else None
+    with torch.no_grad():
+        out = evaluate_policy(experiment.env, lambda o: net(torch.as_tensor(o)).numpy(), episodes, epsilon=eps,
+                              seed=seed, video_dir=video_dir)
+    out["checkpoint"] = str(ckpt.path)
+    out["step"] = ckpt.step
+    return out
+
+
+def demo_step(out: Path, address: str | None) -> dict[str, Any]:
+    """A short Double DQN run on CartPole with 2 rollout actors (reinforge demo)."""
+    from pipelines.registry import execute, resolve
+
+    resolved = resolve(preset="ddqn-cartpole", extra={
+        "run": {"run_dir": str(out / "rl-dqn"), "address": address},
+        "rl": {"total_steps": 12_000, "eval_episodes": 5, "log_every": 1_000},
+    })
+    rd, result = execute(resolved)
+    return {"run_dir": str(rd.path), "metrics": result, "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}

@@ -1,0 +1,226 @@
+"""The DQN learner loop: rollout actors feed a replay memory; the learner samples and updates.
+
+    workers (Ray actors, rl.rollout) --segments--> ReplayMemory --batches--> q_update (rl.dqn)
+          ^                                                                      |
+          +---------------- weights (one ray.put per sync) -----------------------+
+
+One request per worker stays in flight while the learner trains, so acting and learning
+overlap; the learner keeps ``replay_ratio`` gradient updates per env step (when it falls
+behind, workers wait with a finished segment). Resume: networks, optimizer, step and update
+counters (hence the epsilon and beta schedules) come back from the latest checkpoint; the
+replay memory is refilled (``learning_starts`` fresh steps) before updates continue.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from cluster.checkpoint import load_checkpoint
+from cluster.errors import ConfigError, ReinforgeError
+from rl.dqn import DQNConfig, build_q_network, hard_update, linear_epsilon, polyak_update, q_update
+from rl.envs import EnvConfig
+from rl.evaluation import evaluate_policy, human_normalized_score
+from rl.networks import NatureCNN, load_torso
+from rl.replay import ReplayMemory
+from rl.rollout import RolloutConfig, RolloutGroup
+
+
+def net_spec(cfg: DQNConfig) -> dict[str, Any]:
+    return {"torso": cfg.torso, "hidden": list(cfg.hidden) if cfg.hidden else None, "dueling": cfg.dueling,
+            "head_hidden": cfg.head_hidden}
+
+
+def _check_replay_memory(cfg: DQNConfig, frame_bytes: int) -> None:
+    import psutil
+
+    need = cfg.buffer_size * (frame_bytes + 25)
+    avail = psutil.virtual_memory().available
+    if need > 0.8 * avail:
+        fit = int(0.8 * avail // (frame_bytes + 25))
+        raise ConfigError(f"rl.buffer_size={cfg.buffer_size} needs about {need / 2**30:.1f} GiB but only "
+                          f"{avail / 2**30:.1f} GiB is free; use rl.buffer_size <= {fit}")
+
+
+def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v, device=device) for k, v in batch.items() if k != "indices"}
+
+
+def _progress(total: int, initial: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                disable=None)
+
+
+def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, seed: int = 0, device: str = "auto",
+          keep_checkpoints: int = 3, on_log: Callable[[dict[str, Any], RolloutGroup], None] | None = None) -> dict[str, Any]:
+    from cluster.runtime import select_device
+
+    dev = select_device(device)
+    torch.manual_seed(seed)
+    spec = net_spec(cfg)
+    group = RolloutGroup(env_cfg, roll_cfg, "rl.dqn:QPolicy",
+                         {"net": spec, "exploration": cfg.exploration, "apex_base": cfg.apex_base,
+                          "apex_alpha": cfg.apex_alpha}, seed=seed)
+    bar = None
+    try:
+        obs_space, n_actions = group.observation_space, int(group.action_space.n)
+        online = build_q_network(obs_space, n_actions, **spec)
+        if cfg.init_encoder:
+            if not isinstance(online.torso, NatureCNN):
+                raise ConfigError("rl.init_encoder loads a NatureCNN torso, but this env has vector observations; drop it")
+            load_torso(online.torso, cfg.init_encoder)
+        online.to(dev)
+        target = copy.deepcopy(online).requires_grad_(False)
+        optimizer = torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        env_steps = updates = games = 0
+        ckpt_path = run_dir.latest_checkpoint()
+        if ckpt_path is not None:
+            ckpt = load_checkpoint(ckpt_path)
+            online.load_state_dict(ckpt["model"])
+            target.load_state_dict(ckpt["target"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            state = ckpt["state"]
+            env_steps, updates, games = int(state["env_steps"]), int(state["updates"]), int(state["games"])
+        start_steps = env_steps
+        k = group.frame_stack
+        frame_shape = tuple(obs_space.shape[1:]) if k > 1 else tuple(obs_space.shape)
+        _check_replay_memory(cfg, int(np.prod(frame_shape)) * np.dtype(obs_space.dtype).itemsize)
+        replay = ReplayMemory(cfg.buffer_size, group.num_envs, frame_shape, k, obs_space.dtype, cfg.n_step, cfg.gamma,
+                              cfg.prioritized, cfg.alpha, seed=seed)
+        E = roll_cfg.envs_per_worker
+        max_lag = max(16.0, roll_cfg.steps_per_sample * E * cfg.replay_ratio)
+        if dev.type == "cpu":  # leave the cores the workers reserved to them
+            import os
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - int(roll_cfg.num_workers * roll_cfg.cpus_per_worker)))
+        group.put_weights(online.state_dict())
+
+        def epsilon() -> float:
+            return linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay_steps)
+
+        def beta() -> float:
+            return min(1.0, cfg.beta_start + (1.0 - cfg.beta_start) * env_steps / cfg.total_steps)
+
+        recent = deque(maxlen=20)
+        last_metrics: dict[str, float] = {}
+        fill_target = cfg.learning_starts
+        collected = 0  # env steps since this process started (the replay refills on resume)
+        due = 0.0  # updates owed under replay_ratio
+        t_start = time.perf_counter()
+        next_log = (env_steps // cfg.log_every + 1) * cfg.log_every
+        next_ckpt = (env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        bar = _progress(cfg.total_steps, env_steps)
+        row: dict[str, Any] = {}
+
+        def log_now() -> None:
+            nonlocal row
+            elapsed = time.perf_counter() - t_start
+            row = {
+                "env_steps": env_steps, "updates": updates, "games": games,
+                "episode_return": float(np.mean(recent)) if recent else math.nan,
+                "epsilon": epsilon() if cfg.exploration == "linear" else cfg.apex_base,
+                "steps_per_sec": (env_steps - start_steps) / max(elapsed, 1e-9),
+                "replay_size": len(replay), "worker_failures": group.failures, **last_metrics,
+            }
+            run_dir.log(row, step=env_steps)
+            if on_log is not None:
+                on_log(row, group)
+
+        def checkpoint() -> None:
+            run_dir.save_checkpoint(env_steps, {
+                "model": online.state_dict(), "target": target.state_dict(), "optimizer": optimizer.state_dict(),
+                "state": {"env_steps": env_steps, "updates": updates, "games": games, "algo": cfg.algo,
+                          "epsilon": epsilon(), "net": spec, "num_actions": n_actions},
+            }, keep=keep_checkpoints)
+
+        for i in group.idle_workers():
+            group.request(i, epsilon=epsilon())
+        while env_steps < cfg.total_steps:
+            can_train = collected >= fill_target and due >= 1.0
+            for i, seg in group.ready(timeout=0 if can_train else 30.0, num_returns=roll_cfg.num_workers if can_train else 1):
+                n = replay.add_segment(range(i * E, (i + 1) * E), seg)
+                env_steps += n
+                collected += n
+                if collected >= fill_target:
+                    due += n * cfg.replay_ratio
+                for r in seg["game_returns"]:
+                    recent.append(r)
+                    games += 1
+                if bar is not None:
+                    bar.update(n)
+            # keep the replay ratio: a worker gets its next request only once the learner has
+            # caught up (restarted workers whose request was lost are idle too)
+            if due <= max_lag:
+                for i in group.idle_workers():
+                    group.request(i, epsilon=epsilon())
+            for _ in range(min(int(due), 16)):
+                batch = replay.sample(cfg.batch_size, beta())
+                last_metrics, td = q_update(online, target, optimizer, _to_device(batch, dev), cfg.double_q,
+                                            cfg.max_grad_norm)
+                replay.update_priorities(batch["indices"], td)
+                updates += 1
+                due -= 1.0
+                if cfg.tau > 0:
+                    polyak_update(target, online, cfg.tau)
+                elif updates % cfg.target_update_every == 0:
+                    hard_update(target, online)
+                if updates % cfg.sync_weights_every == 0:
+                    group.put_weights(online.state_dict())
+            if env_steps >= next_log:
+                log_now()
+                next_log = (env_steps // cfg.log_every + 1) * cfg.log_every
+                if bar is not None:
+                    bar.set_postfix(sps=f"{row['steps_per_sec']:.0f}", ret=f"{row['episode_return']:.1f}",
+                                    eps=f"{row['epsilon']:.3f}", refresh=False)
+            if env_steps >= next_ckpt:
+                checkpoint()
+                next_ckpt = (env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        log_now()
+        checkpoint()
+    finally:
+        if bar is not None:
+            bar.close()
+        group.close()
+    seconds = time.perf_counter() - t_start
+    result: dict[str, Any] = {
+        "env_steps": env_steps, "updates": updates, "games": games,
+        "episode_return": row.get("episode_return", math.nan),
+        "steps_per_sec": (env_steps - start_steps) / max(seconds, 1e-9), "worker_failures": group.failures,
+    }
+    if cfg.eval_episodes > 0:
+        online.eval()
+        ev = evaluate_policy(env_cfg, lambda o: online(torch.as_tensor(o, device=dev)).detach().cpu().numpy(),
+                             cfg.eval_episodes, epsilon=cfg.eval_epsilon, seed=seed + 12345)
+        result["eval_return"] = ev["mean_return"]
+        result["eval_std"] = ev["std_return"]
+        hns = human_normalized_score(env_cfg.id, ev["mean_return"])
+        if not math.isnan(hns):
+            result["human_normalized"] = hns
+        run_dir.log({"eval_return": ev["mean_return"], "eval_std": ev["std_return"]}, step=env_steps)
+    run_dir.plot("training", ["episode_return", "epsilon", "loss", "steps_per_sec"], x="step",
+                 title=f"{cfg.algo} on {env_cfg.id}")
+    return result
+
+
+def load_q_network(checkpoint, observation_space) -> torch.nn.Module:
+    """Rebuild the online Q-network stored in a checkpoint written by ``train``."""
+    state = checkpoint["state"]
+    net = build_q_network(observation_space, int(state["num_actions"]), **state["net"])
+    try:
+        net.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise ReinforgeError(f"checkpoint {checkpoint.path} does not match this env's network: "
+                             f"{str(exc).splitlines()[0]}") from None
+    return net.eval()
