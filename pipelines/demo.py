@@ -28,6 +28,7 @@ def plumbing_step(out: Path, address: str | None) -> dict[str, Any]:
 # (name, step function as "module:function" or a callable). Order is run order.
 DEMO_STEPS: list[tuple[str, str | Callable[[Path, str | None], dict[str, Any]]]] = [
     ("plumbing", plumbing_step),
+    ("rl-dqn", "pipelines.rl_dqn:demo_step"),
 ]
 
 
