@@ -1,0 +1,72 @@
+"""DQN end to end: Double DQN learns CartPole with 2 Ray rollout actors (one killed mid-run),
+--resume continues the step count, the CLI refuses bad input with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_ddqn_solves_cartpole_with_two_actors_and_survives_a_killed_actor(ray_session, tmp_path):
+    from cluster.rundir import RunDir
+    from pipelines.registry import resolve
+    from rl.dqn_learner import train
+
+    exp = resolve(preset="ddqn-cartpole").experiment
+    assert exp.rollout.num_workers == 2 and exp.rl.algo == "ddqn"
+    killed = []
+
+    def kill_one(row, group):
+        if not killed and row["env_steps"] >= 6000:
+            pid = group.worker_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    with RunDir(tmp_path / "run", tensorboard=False) as rd:
+        result = train(exp.env, exp.rollout, exp.rl, rd, seed=exp.run.seed, on_log=kill_one)
+    assert killed and result["worker_failures"] >= 1
+    assert result["env_steps"] >= exp.rl.total_steps
+    assert result["eval_return"] >= 475, result  # greedy, 20 episodes
+    assert (tmp_path / "run" / "plots" / "training.png").is_file()
+
+
+def test_resume_continues_the_step_count_and_eval_reads_the_run(cli, tmp_path):
+    run = tmp_path / "r"
+    common = ["--set", "rl.learning_starts=500", "--set", "rl.log_every=500", "--set", "rl.eval_episodes=0",
+              "--set", "rollout.cpus_per_worker=0.25"]
+    res = cli("rl", "train", "--config", "ddqn-cartpole", "--total-steps", "1500", "--run-dir", str(run),
+              "--set", "rl.checkpoint_every=1000", *common)
+    assert res.returncode == 0, res.stderr[-2000:]
+    first = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert first[-1]["env_steps"] >= 1500
+    res = cli("rl", "train", "--resume", str(run), "--set", "rl.total_steps=3000")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    resumed = rows[len(first):]
+    assert resumed and min(r["step"] for r in resumed) > first[-1]["env_steps"]
+    assert resumed[-1]["env_steps"] >= 3000 and resumed[-1]["updates"] > first[-1]["updates"]
+    assert resumed[0]["epsilon"] <= first[-1]["epsilon"]  # the schedule continued, not restarted
+    res = cli("rl", "eval", "--checkpoint", str(run), "--episodes", "2", "--epsilon", "0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "mean_return" in res.stdout and (run / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--algo", "dqnn"], "unknown --algo 'dqnn'"),
+    (["--env", "ALE/Pongg-v5"], "did you mean 'ALE/Pong-v5'"),
+    (["--workers", "0"], "rollout.num_workers=0: need at least 1"),
+    (["--backend", "rllib"], "DQN runs only on the native backend"),
+    (["--set", "rl.lr=1"], "did you mean 'rl.learning_rate'"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path):
+    from tests.conftest import run_cli
+
+    res = run_cli("rl", "train", "--algo", "dqn", *args, "--run-dir", str(tmp_path / "x"))
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], res.stderr
