@@ -173,8 +173,9 @@ class SweepConfig:
     grace_period: int = 1
     reduction_factor: float = 2.0
     perturbation_interval: int = 2  # PBT: iterations between exploit/explore
-    keep_checkpoints: int = 2  # Tune checkpoints kept per trial
+    keep_checkpoints: int = 2  # Tune checkpoints kept per trial (at least 5 under PBT)
     top: int = 5  # rows in the final table
+    seed: int = 0  # seeds the sampling of the search space (the trials' own seed is run.seed)
 
     def validate(self) -> None:
         if self.num_samples < 1:
@@ -453,7 +454,9 @@ def _tune_objects(plan: Plan, verbose: int):
     run_config = tune.RunConfig(
         name=s.name, storage_path=str(Path(s.storage_path).resolve()), verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=s.keep_checkpoints),
+        # PBT exploits another trial's checkpoint, which must not be rotated away meanwhile.
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=max(s.keep_checkpoints, 5) if s.scheduler == "pbt" else s.keep_checkpoints),
     )
     return trainable, run_config
 
@@ -483,6 +486,7 @@ def read_plan(experiment_dir: str | os.PathLike) -> Plan:
 def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus: int | None = None):
     """Connect, check resources, run the sweep; returns the ResultGrid."""
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from cluster.runtime import connect
 
@@ -494,7 +498,8 @@ def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus
         trainable,
         param_space={sp.key: sp.to_tune() for sp in plan.specs},
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=_scheduler(plan),
-                                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent or None),
+                                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent or None,
+                                    search_alg=BasicVariantGenerator(random_state=s.seed)),
         run_config=run_config,
     )
     return tuner.fit()

@@ -157,3 +157,22 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
     rows = [json.loads(x) for x in open(glob.glob(str(tmp_path / "exp" / "*" / "run" / "metrics.jsonl"))[0])]
     assert rows[-1]["step"] == 20
     assert max(r["resumed_from"] for r in rows) >= 4  # continued from a checkpoint, not from scratch
+
+
+@pytest.mark.slow
+def test_pbt_exploits_through_checkpoints(ray_session, tmp_path):
+    """PBT copies a better trial's checkpoint into the weaker trial's run dir and continues it."""
+    sweep = _sweep(["toy.learning_rate=choice(0.002, 0.3)"],
+                   ["toy.steps=24", "toy.checkpoint_every=2", "toy.step_seconds=0.2", "toy.noise=0.0"],
+                   scheduler="pbt", num_samples=2, perturbation_interval=4, storage_path=str(tmp_path), name="pbt")
+    plan = T.plan_sweep(sweep)
+    results = T.run_sweep(plan, verbose=0)
+    assert all(r.error is None for r in results)
+    exploited = [line for line in (tmp_path / "pbt" / "pbt_global.txt").read_text().splitlines() if line.strip()]
+    assert exploited, "PBT never exploited"
+    # the exploiting trial restarted from the other's checkpoint, copied into its own run dir
+    resumed = []
+    for r in results:
+        rows = [json.loads(x) for x in open(os.path.join(r.path, "run", "metrics.jsonl"))]
+        resumed += [x["resumed_from"] for x in rows if x["resumed_from"] > 0] + [r.metrics.get("resumed_from", 0)]
+    assert max(resumed) >= 4, "no trial continued from a checkpoint"
