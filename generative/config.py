@@ -49,6 +49,7 @@ class GenConfig:
     schedule: Literal["linear", "cosine"] = "linear"
     beta_start: float = 1e-4  # linear schedule endpoints (scaled by 1000/timesteps as in improved-DDPM)
     beta_end: float = 0.02
+    sampling_variance: Literal["beta", "posterior"] = "posterior"  # sigma_t^2 in Algorithm 2
     class_conditional: bool = True  # DDPM on labelled data: class embedding + classifier-free guidance
     cond_drop: float = 0.1  # probability of dropping the label in training (classifier-free guidance)
     guidance_scale: float = 2.0  # w in eps = (1 + w) eps(x, c) - w eps(x)
@@ -81,13 +82,13 @@ class GenConfig:
                 f"atari-frames trains encoders for the RL torso; use --model vae, simclr or moco, not {self.model!r}"
             )
         if self.data == "digits":
-            if self.image_size not in (16, 32):
-                raise ConfigError(f"gen.image_size={self.image_size}: digits are padded to 16 or 32; use 16 or 32")
             if self.model == "ddpm" and self.image_size % UNET_DOWNSAMPLING:
                 raise ConfigError(
                     f"gen.image_size={self.image_size} is not divisible by the U-Net's downsampling "
                     f"({UNET_DOWNSAMPLING}); use 16 or 32"
                 )
+            if self.image_size not in (16, 32):
+                raise ConfigError(f"gen.image_size={self.image_size}: digits are padded to 16 or 32; use 16 or 32")
         for name in ("epochs", "batch_size", "dataset_size", "timesteps", "eval_samples", "grid_samples",
                      "hidden", "critic_steps", "log_every", "atari_frames"):
             if getattr(self, name) < 1:

@@ -71,24 +71,11 @@ def cache_dir() -> Path:
 
 
 def _make_atari(game: str, seed: int):
-    """The RL side's env factory when it exists (same preprocessing as the agents), else the
-    same Nature-DQN stack built from gymnasium's wrappers."""
-    try:
-        from rl.envs import make_env  # type: ignore[attr-defined]
-    except ImportError:
-        make_env = None
-    if make_env is not None:
-        try:
-            return make_env(game, seed=seed)
-        except TypeError:
-            pass
-    import ale_py
-    import gymnasium as gym
+    """The RL side's env factory (the agents' exact Nature-DQN preprocessing and frame stack);
+    evaluation mode: no episodic-life resets and no reward clipping (rewards are unused here)."""
+    from rl.envs import EnvConfig, make_env
 
-    gym.register_envs(ale_py)
-    env = gym.make(game, frameskip=1, repeat_action_probability=0.0)
-    env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True, noop_max=30)
-    return gym.wrappers.FrameStackObservation(env, 4)
+    return make_env(EnvConfig(id=game), seed=seed, training=False)
 
 
 def record_atari_frames(game: str, n: int, seed: int = 0, path: str | os.PathLike | None = None):

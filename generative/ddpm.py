@@ -4,7 +4,8 @@ equations live here, apart from the network (``generative.unet``), as in diffuse
     forward kernel   q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),  abar_t = prod_{s<=t} (1 - beta_s)
     L_simple         E_{t, x_0, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2
     Algorithm 2      x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - abar_t) eps_theta(x_t, t)) + sigma_t z,
-                     sigma_t^2 = beta_t, z = 0 at the last step
+                     z = 0 at the last step; sigma_t^2 = beta_t ("beta") or the posterior variance
+                     beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t ("posterior"), the paper's two choices
     guidance (CFG)   eps = (1 + w) eps_theta(x_t, t, c) - w eps_theta(x_t, t, none)   (Ho & Salimans 2022)
 
 Timesteps are indexed 0..T-1 here (index t is the paper's t + 1).
@@ -45,6 +46,8 @@ class Schedule:
         self.betas = self.betas.double()
         self.alphas = 1 - self.betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+        self.posterior_variance = (1 - prev) / (1 - self.alpha_bars) * self.betas
 
     @classmethod
     def make(cls, kind: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
@@ -94,24 +97,25 @@ def guided_epsilon(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | No
 
 @torch.no_grad()
 def p_sample(model, sched: Schedule, x_t: torch.Tensor, t: int, y: torch.Tensor | None = None,
-             null_label: int = 0, w: float = 0.0) -> torch.Tensor:
-    """One ancestral step x_t -> x_{t-1} (Algorithm 2, sigma_t^2 = beta_t)."""
+             null_label: int = 0, w: float = 0.0, variance: str = "beta") -> torch.Tensor:
+    """One ancestral step x_t -> x_{t-1} (Algorithm 2)."""
     tt = torch.full((len(x_t),), t, dtype=torch.long, device=x_t.device)
     eps = guided_epsilon(model, x_t, tt, y, null_label, w)
     beta, alpha, abar = (float(v[t]) for v in (sched.betas, sched.alphas, sched.alpha_bars))
     mean = (x_t - beta / math.sqrt(1 - abar) * eps) / math.sqrt(alpha)
     if t == 0:
         return mean
-    return mean + math.sqrt(beta) * torch.randn_like(x_t)
+    var = beta if variance == "beta" else float(sched.posterior_variance[t])
+    return mean + math.sqrt(var) * torch.randn_like(x_t)
 
 
 @torch.no_grad()
 def sample_loop(model, sched: Schedule, shape: tuple[int, ...], device, y: torch.Tensor | None = None,
-                null_label: int = 0, w: float = 0.0) -> torch.Tensor:
+                null_label: int = 0, w: float = 0.0, variance: str = "beta") -> torch.Tensor:
     """Algorithm 2: x_T ~ N(0, I), then T ancestral steps down to x_0."""
     x = torch.randn(shape, device=device)
     for t in reversed(range(sched.timesteps)):
-        x = p_sample(model, sched, x, t, y, null_label, w)
+        x = p_sample(model, sched, x, t, y, null_label, w, variance)
     return x
 
 
@@ -160,6 +164,7 @@ class DDPMModel:
         if self.num_classes:
             y = (labels if labels is not None else torch.arange(n) % self.num_classes).to(self.device)
         w = self.cfg.guidance_scale if guidance is None else guidance
-        x = sample_loop(net, self.sched, (n, *self.data_shape), self.device, y, self.num_classes, w)
+        x = sample_loop(net, self.sched, (n, *self.data_shape), self.device, y, self.num_classes, w,
+                        self.cfg.sampling_variance)
         net.train()
         return ((x.clamp(-1, 1) + 1) / 2) if self.image else x

@@ -94,6 +94,12 @@ def evaluate(model, cfg: GenConfig, run_dir: str | Path, seed: int = 0, frames_p
             xt, yt = gdata.digits(cfg.image_size, "test")
             out["linear_probe_accuracy"] = linear_probe_accuracy(model.features(x).numpy(), y.numpy(),
                                                                  model.features(xt).numpy(), yt.numpy(), seed)
+            # the same probe on an untrained encoder of the same shape: what training added
+            from generative.train import build_model
+
+            fresh = build_model(cfg, "cpu")
+            out["linear_probe_accuracy_untrained"] = linear_probe_accuracy(
+                fresh.features(x).numpy(), y.numpy(), fresh.features(xt).numpy(), yt.numpy(), seed)
         torso = model.encoder_torso()
         if torso is not None:
             out["encoder"] = str(export_torso(torso, run_dir, {"model": cfg.model, "data": cfg.data}))

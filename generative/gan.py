@@ -162,8 +162,8 @@ class GANModel:
                 out["gradient_penalty"] = float(gp.detach())
         else:
             d_loss = minimax_d_loss(real_s, fake_s)
-            out["d_real"] = float(torch.sigmoid(real_s).mean())
-            out["d_fake"] = float(torch.sigmoid(fake_s).mean())
+            out["d_real"] = float(torch.sigmoid(real_s.detach()).mean())
+            out["d_fake"] = float(torch.sigmoid(fake_s.detach()).mean())
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()

@@ -59,6 +59,7 @@ class DigitsClassifier(nn.Module):
         return self.out(self.features(x))
 
 
+@torch.enable_grad()
 def train_digits_classifier(size: int = 16, epochs: int = 15, seed: int = 0) -> tuple[DigitsClassifier, float]:
     """Train on the digits training split (with small random shifts); returns (model, test accuracy)."""
     from generative.contrastive import random_shift
@@ -109,7 +110,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     sa, sb = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(sa @ sb, disp=False)
+    covmean = linalg.sqrtm(sa @ sb)
     if not np.isfinite(covmean).all():  # near-singular product: regularise as in the reference code
         off = np.eye(len(sa)) * 1e-6
         covmean = linalg.sqrtm((sa + off) @ (sb + off))

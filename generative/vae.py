@@ -81,8 +81,10 @@ class VAE(nn.Module):
         self.image, self.num_classes, self.z_dim = len(data_shape) > 1, num_classes, z_dim
         c = num_classes
         if atari:
+            from generative.contrastive import torso_out_dim
+
             self.torso = atari_torso()
-            self.enc = nn.Sequential(self.torso, nn.Flatten(), nn.Linear(64 * 7 * 7, 2 * z_dim))
+            self.enc = nn.Sequential(self.torso, nn.Flatten(), nn.Linear(torso_out_dim(self.torso), 2 * z_dim))
             self.dec = AtariDecoder(z_dim)
         elif self.image:
             self.enc = ConvEncoder(data_shape[0] + c, data_shape[-1], 2 * z_dim, ch=hidden // 2, act=nn.ReLU)

@@ -1,0 +1,203 @@
+"""Unit tests for the generative equations: diffusion kernel, time embedding, reparameterisation,
+GAN / VAE / contrastive losses on hand-made inputs, and the offline metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from generative import contrastive, ddpm, gan, metrics, vae
+from generative.unet import UNet, sinusoidal_embedding
+
+
+# --- DDPM ----------------------------------------------------------------------------------------
+def test_linear_schedule_and_forward_kernel_match_closed_form():
+    sched = ddpm.Schedule.make("linear", 1000, 1e-4, 0.02)
+    assert sched.betas[0].item() == pytest.approx(1e-4) and sched.betas[-1].item() == pytest.approx(0.02)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    x0 = torch.tensor([[1.5, -2.0], [0.5, 3.0]])
+    t = torch.tensor([0, 499])
+    mean, var = ddpm.q_mean_variance(sched, x0, t)
+    for i, ti in enumerate(t.tolist()):
+        assert torch.allclose(mean[i], math.sqrt(abar[ti]) * x0[i], atol=1e-6)
+        assert torch.allclose(var[i], torch.full((2,), 1 - abar[ti].item()), atol=1e-6)
+    # q_sample with a given eps is exactly sqrt(abar) x0 + sqrt(1 - abar) eps
+    eps = torch.tensor([[0.3, -0.1], [1.0, 2.0]])
+    xt = ddpm.q_sample(sched, x0, t, eps)
+    assert torch.allclose(xt, mean + var.sqrt() * eps, atol=1e-6)
+    # empirical moments of many draws agree with the closed form
+    x0 = torch.full((200_000, 1), 2.0)
+    tt = torch.full((200_000,), 300)
+    draws = ddpm.q_sample(sched, x0, tt, torch.randn_like(x0))
+    assert draws.mean().item() == pytest.approx(2.0 * math.sqrt(abar[300]), abs=0.01)
+    assert draws.var().item() == pytest.approx(1 - abar[300].item(), abs=0.01)
+
+
+def test_cosine_schedule_is_monotone_and_ends_near_pure_noise():
+    sched = ddpm.Schedule.make("cosine", 200)
+    assert (sched.betas > 0).all() and (sched.betas <= 0.999).all()
+    assert (sched.alpha_bars[1:] < sched.alpha_bars[:-1]).all()
+    assert sched.alpha_bars[-1].item() < 1e-3
+
+
+def test_epsilon_loss_is_zero_for_a_perfect_predictor_and_p_sample_inverts_the_mean():
+    sched = ddpm.Schedule.make("linear", 50)
+    x0 = torch.randn(8, 2)
+    noise = torch.randn(8, 2)
+    t = torch.randint(0, 50, (8,))
+    oracle = lambda x_t, tt, y: noise  # noqa: E731 - knows the noise that was added
+    assert ddpm.epsilon_loss(oracle, sched, x0, None, t, noise).item() == pytest.approx(0.0, abs=1e-10)
+    # at t = 0 (no noise added back), one step with the true eps recovers x0 exactly
+    t0 = torch.zeros(8, dtype=torch.long)
+    x1 = ddpm.q_sample(sched, x0, t0, noise)
+    rec = ddpm.p_sample(lambda x, tt, y: noise, sched, x1, 0)
+    assert torch.allclose(rec, x0, atol=1e-5)
+
+
+def test_classifier_free_guidance_combination():
+    model = lambda x, t, y: torch.where(y[:, None] == 9, torch.zeros_like(x), torch.ones_like(x))  # noqa: E731
+    x, t, y = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3])
+    eps = ddpm.guided_epsilon(model, x, t, y, null_label=9, w=2.0)
+    assert torch.allclose(eps, torch.full((3, 2), 3.0))  # (1 + 2) * 1 - 2 * 0
+
+
+def test_sinusoidal_embedding_shape_and_values():
+    t = torch.tensor([0, 1, 10])
+    emb = sinusoidal_embedding(t, 8)
+    assert emb.shape == (3, 8)
+    assert torch.allclose(emb[0], torch.tensor([0, 0, 0, 0, 1, 1, 1, 1.0]))
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(4) / 4)
+    assert torch.allclose(emb[2, :4], torch.sin(10 * freqs), atol=1e-6)
+    assert torch.allclose(emb[2, 4:], torch.cos(10 * freqs), atol=1e-6)
+    assert sinusoidal_embedding(t, 7).shape == (3, 7)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_unet_keeps_the_shape_and_uses_the_label(cross):
+    torch.manual_seed(0)
+    net = UNet(1, ch=16, num_classes=10, cross_attention=cross)
+    x = torch.randn(2, 1, 16, 16)
+    t = torch.tensor([3, 7])
+    a = net(x, t, torch.tensor([1, 2]))
+    b = net(x, t, torch.tensor([5, 5]))
+    assert a.shape == x.shape
+    assert not torch.allclose(a, b)
+
+
+# --- VAE -------------------------------------------------------------------------------------------
+def test_reparameterisation_gradient():
+    mu = torch.tensor([0.5, -1.0], requires_grad=True)
+    logvar = torch.tensor([0.2, -0.4], requires_grad=True)
+    eps = torch.tensor([1.5, -0.5])
+    z = vae.reparameterize(mu, logvar, eps)
+    assert torch.allclose(z, mu + torch.exp(0.5 * logvar) * eps)
+    z.sum().backward()
+    assert torch.allclose(mu.grad, torch.ones(2))  # dz/dmu = 1
+    assert torch.allclose(logvar.grad, 0.5 * torch.exp(0.5 * logvar.detach()) * eps)  # dz/dlogvar
+
+
+def test_kl_to_standard_normal_against_hand_values():
+    mu = torch.tensor([[0.0, 0.0], [1.0, -2.0]])
+    logvar = torch.tensor([[0.0, 0.0], [math.log(4.0), 0.0]])
+    kl = vae.kl_to_standard_normal(mu, logvar)
+    assert kl[0].item() == pytest.approx(0.0)
+    # 1/2 [(1 + 4 - ln 4 - 1) + (4 + 1 - 0 - 1)]
+    assert kl[1].item() == pytest.approx(0.5 * ((1 + 4 - math.log(4) - 1) + (4 + 1 - 1)))
+    assert vae.elbo(torch.tensor([-3.0]), torch.tensor([2.0]), beta=0.5).item() == pytest.approx(-4.0)
+    ll = vae.gaussian_log_likelihood(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2))
+    assert ll.item() == pytest.approx(-math.log(2 * math.pi))
+
+
+# --- GAN losses --------------------------------------------------------------------------------------
+def test_gan_losses_on_hand_made_logits():
+    real, fake = torch.tensor([0.0, 2.0]), torch.tensor([0.0, -1.0])
+    sig = torch.sigmoid
+    expected_d = -(torch.log(sig(real)).mean() + torch.log(1 - sig(fake)).mean())
+    assert gan.minimax_d_loss(real, fake).item() == pytest.approx(expected_d.item(), rel=1e-6)
+    assert gan.minimax_g_loss(fake).item() == pytest.approx(torch.log(1 - sig(fake)).mean().item(), rel=1e-6)
+    assert gan.non_saturating_g_loss(fake).item() == pytest.approx(-torch.log(sig(fake)).mean().item(), rel=1e-6)
+    assert gan.wasserstein_critic_loss(torch.tensor([3.0, 1.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(-1.5)
+    assert gan.wasserstein_g_loss(torch.tensor([0.5, 1.5])).item() == pytest.approx(-1.0)
+    # saturation: where D confidently rejects fakes the minimax G gradient vanishes, the NS one does not
+    logit = torch.tensor([-8.0], requires_grad=True)
+    (g_mm,) = torch.autograd.grad(gan.minimax_g_loss(logit), logit)
+    (g_ns,) = torch.autograd.grad(gan.non_saturating_g_loss(logit), logit)
+    assert abs(g_mm.item()) < 1e-3 < abs(g_ns.item())
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    w = torch.tensor([3.0, 4.0])  # ||grad|| = 5 everywhere
+    critic = lambda x, cond=None: x @ w  # noqa: E731
+    gp = gan.gradient_penalty(critic, torch.randn(16, 2), torch.randn(16, 2))
+    assert gp.item() == pytest.approx(16.0)
+    unit = lambda x, cond=None: x @ (w / 5)  # noqa: E731
+    assert gan.gradient_penalty(unit, torch.randn(4, 2), torch.randn(4, 2)).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_weight_clipping():
+    net = torch.nn.Linear(3, 2)
+    torch.nn.init.constant_(net.weight, 0.5)
+    gan.clip_weights(net, 0.01)
+    assert net.weight.abs().max().item() <= 0.01
+
+
+# --- contrastive ------------------------------------------------------------------------------------
+def test_nt_xent_against_a_hand_computation():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    tau = 0.5
+    # row 0 (z1[0]): sims to others = [z1[1]: 0, z2[0]: 1, z2[1]: 0] / tau; positive is z2[0]
+    row = torch.tensor([0.0, 1.0, 0.0]) / tau
+    expected = -(row[1] - torch.logsumexp(row, 0))
+    assert contrastive.nt_xent(z1, z2, tau).item() == pytest.approx(expected.item(), rel=1e-6)
+    # matching views beat mismatched ones
+    assert contrastive.nt_xent(z1, z2, tau) < contrastive.nt_xent(z1, z2.flip(0), tau)
+
+
+def test_info_nce_queue_and_momentum():
+    q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0]]), dim=1)
+    k = q.clone()
+    queue = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    logits = torch.tensor([1.0, 0.0, -1.0]) / 0.2
+    expected = -(logits[0] - torch.logsumexp(logits, 0))
+    assert contrastive.info_nce(q, k, queue, 0.2).item() == pytest.approx(expected.item(), rel=1e-4)
+    kq = contrastive.KeyQueue(4, 2)
+    kq.enqueue(torch.ones(3, 2))
+    kq.enqueue(2 * torch.ones(3, 2))
+    assert kq.ptr == 2 and (kq.keys[0] == 2).all() and (kq.keys[2] == 1).all()
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = a.weight.detach().clone()
+    contrastive.momentum_update(a, b, 0.9)
+    assert torch.allclose(a.weight, 0.9 * before + 0.1 * b.weight.detach())
+
+
+def test_random_shift_moves_content_but_keeps_shape():
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, :, 4, 4] = 1
+    y = contrastive.random_shift(x, 2)
+    assert y.shape == x.shape and torch.allclose(y.sum((1, 2, 3)), torch.ones(4))
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+def test_mode_metrics_on_exact_and_collapsed_samples():
+    from generative.data import mixture
+
+    good = mixture("ring8", 2500, seed=1)
+    m = metrics.mode_metrics(good, "ring8")
+    assert m["modes_captured"] == 8 and m["high_quality_fraction"] > 0.98  # P(chi2_2 <= 9) = 0.989
+    collapsed = torch.tensor([[2.0, 0.0]]).repeat(2500, 1)
+    m = metrics.mode_metrics(collapsed, "ring8")
+    assert m["modes_captured"] == 1 and m["high_quality_fraction"] == 1.0
+    assert metrics.mode_metrics(torch.zeros(100, 2), "grid25")["modes_captured"] == 1
+    assert metrics.mode_metrics(torch.full((100, 2), 10.0), "grid25")["high_quality_fraction"] == 0.0
+
+
+def test_frechet_distance_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4000, 3))
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    b = a + np.array([1.0, 2.0, 0.0])  # shifted: distance = ||shift||^2
+    assert metrics.frechet_distance(a, b) == pytest.approx(5.0, rel=1e-6)
