@@ -1,0 +1,103 @@
+"""The ``rl-ac`` pipeline: A2C and PPO on Atari (or any Discrete gymnasium env) with Ray rollout
+actors; ``rl.backend=rllib`` runs RLlib's PPO on the same env settings into the same run dir.
+``reinforge rl train --algo a2c|ppo`` and ``reinforge rl eval`` land here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import ConfigError
+from pipelines.registry import RunConfig
+from rl.actor_critic import ACConfig
+from rl.envs import EnvConfig
+from rl.rollout import RolloutConfig
+
+
+@dataclass
+class ACExperiment:
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rl: ACConfig = field(default_factory=ACConfig)
+
+    def validate(self) -> None:
+        from rl.envs import check_env_id
+
+        check_env_id(self.env.id)
+        self.rl.check_batch(self.rollout.num_workers * self.rollout.envs_per_worker)
+        if self.rl.backend == "rllib" and self.rl.algo != "ppo":
+            raise ConfigError(f"rl.backend=rllib runs PPO only, not {self.rl.algo}; use --algo ppo or --backend native")
+
+
+def run(exp: ACExperiment, run_dir) -> dict[str, Any]:
+    if exp.rl.backend == "rllib":
+        from rl.rllib_backend import train as train_rllib
+
+        result = train_rllib(exp.env, exp.rollout, exp.rl, run_dir, seed=exp.run.seed, device=exp.run.device)
+    else:
+        from rl.ac_train import train
+
+        result = train(exp.env, exp.rollout, exp.rl, run_dir, seed=exp.run.seed, device=exp.run.device,
+                       keep_checkpoints=exp.run.keep_checkpoints)
+    run_dir.plot("episode_return", ["episode_return_mean"], x="env_steps",
+                 title=f"{exp.rl.algo.upper()} ({exp.rl.backend}) on {exp.env.id}: mean game return (last 100)")
+    if exp.rl.backend == "native":
+        run_dir.plot("losses", ["policy_loss", "value_loss", "entropy"], x="env_steps", title="actor-critic losses")
+        if exp.rl.algo == "ppo":
+            run_dir.plot("ppo_trust_region", ["approx_kl", "clip_fraction"], x="env_steps", title="PPO approx-KL, clip fraction")
+    if exp.rl.eval_episodes > 0 and run_dir.latest_checkpoint() is not None:
+        ev = evaluate(str(run_dir.path), exp, exp.rl.eval_episodes, epsilon=exp.rl.eval_epsilon, seed=exp.run.seed)
+        result.update(eval_mean_return=ev["mean_return"], eval_std_return=ev["std_return"])
+        if ev["human_normalized"] == ev["human_normalized"]:  # not NaN: an Atari game with a table entry
+            result["eval_human_normalized"] = ev["human_normalized"]
+        run_dir.log({"eval_mean_return": ev["mean_return"], "eval_std_return": ev["std_return"],
+                     "eval_episodes": ev["episodes"]}, step=int(result.get("env_steps", 0)))
+    return result
+
+
+def load_policy(path: str | Path, experiment: ACExperiment):
+    """The actor-critic network of a run's latest checkpoint (native or RLlib backend)."""
+    from cluster.checkpoint import load_checkpoint
+    from rl.actor_critic import build_actor_critic
+    from rl.envs import make_env
+
+    ckpt = load_checkpoint(path)
+    probe = make_env(experiment.env, seed=0, training=False)
+    cfg = ACConfig(**{**experiment.rl.__dict__, "init_encoder": None})  # weights come from the checkpoint
+    model = build_actor_critic(probe.observation_space, probe.action_space, cfg)
+    probe.close()
+    model.load_state_dict(ckpt.objects["model"])
+    return model.eval(), ckpt
+
+
+def evaluate(run_path: str | Path, experiment: ACExperiment, episodes: int, epsilon: float | None = None,
+             video: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Play whole games with the greedy policy (argmax of the logits; epsilon-greedy if asked)
+    from the latest checkpoint, on the raw game score with no-op starts."""
+    import torch
+
+    from rl.evaluation import evaluate_policy
+
+    model, ckpt = load_policy(run_path, experiment)
+    eps = experiment.rl.eval_epsilon if epsilon is None else epsilon
+    video_dir = Path(run_path) / "videos" if video and Path(run_path).is_dir() else None
+    with torch.no_grad():
+        out = evaluate_policy(experiment.env, lambda o: model(torch.as_tensor(o))[0].numpy(), episodes, epsilon=eps,
+                              seed=seed, video_dir=video_dir, max_steps=experiment.rl.eval_max_steps)
+    out["checkpoint"] = str(ckpt.path)
+    out["step"] = ckpt.step
+    return out
+
+
+def demo_step(out: Path, address: str | None) -> dict[str, Any]:
+    """A short PPO run on CartPole with 2 rollout actors (reinforge demo)."""
+    from pipelines.registry import execute, resolve
+
+    resolved = resolve(preset="ppo-cartpole", extra={
+        "run": {"run_dir": str(out / "rl-ppo"), "address": address},
+        "rl": {"total_steps": 30_000, "eval_episodes": 5},
+    })
+    rd, result = execute(resolved)
+    return {"run_dir": str(rd.path), "metrics": result, "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}

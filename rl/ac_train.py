@@ -1,0 +1,121 @@
+"""The actor-critic training loop: Ray rollout actors -> GAE -> A2C/PPO update -> weights.
+
+One iteration::
+
+    weights --one ray.put--> N RolloutWorker actors (rl.rollout; each a vector env and a CPU
+                             ActorCriticPolicy copy)
+            <-- T-step segments (obs, actions, logprobs, values, rewards, terminated, truncated,
+                                 bootstrap_values, last_obs, finished game returns)
+    V(last_obs) -> GAE per segment -> flat batch -> a2c_update / ppo_update on the learner's
+    device (the GPU when there is one)
+
+A worker that dies mid-rollout is skipped for that iteration (Ray restarts it through
+``rollout.max_restarts`` and it gets the weights again); training goes on with the others. Checkpoints hold the network, the
+optimizer and the step counters; a resumed run continues from them (fresh env episodes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from cluster.errors import ReinforgeError
+from rl.ac_rollout import ActorCriticPolicy, flatten_rollouts
+from rl.actor_critic import ACConfig, annealed_lr, build_actor_critic, make_optimizer, update
+from rl.policy_gradient import explained_variance
+
+
+def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: str = "auto",
+          keep_checkpoints: int = 3) -> dict[str, Any]:
+    import torch
+
+    from cluster.checkpoint import load_checkpoint
+    from cluster.runtime import select_device
+    from rl.envs import make_vector_env
+    from rl.rollout import RolloutGroup
+
+    dev = select_device(device)
+    cfg.check_batch(rollout_cfg.num_workers * rollout_cfg.envs_per_worker)
+    probe = make_vector_env(env_cfg, 1, seed=seed, training=True)
+    obs_space, act_space = probe.single_observation_space, probe.single_action_space
+    probe.close()
+    model = build_actor_critic(obs_space, act_space, cfg).to(dev)
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(seed)
+    env_steps = updates = 0
+    latest = run_dir.latest_checkpoint()
+    if latest is not None:
+        ckpt = load_checkpoint(latest)
+        model.load_state_dict(ckpt.objects["model"])
+        optimizer.load_state_dict(ckpt.objects["optimizer"])
+        env_steps, updates = int(ckpt.objects["state"]["env_steps"]), int(ckpt.objects["state"]["updates"])
+    if env_steps >= cfg.total_steps:
+        raise ReinforgeError(f"run already finished ({env_steps} of rl.total_steps={cfg.total_steps} env steps); "
+                             "raise rl.total_steps with --set to train further")
+
+    def save() -> None:
+        run_dir.save_checkpoint(env_steps, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "state": {"env_steps": env_steps, "updates": updates}},
+                                keep=keep_checkpoints)
+
+    # a resumed run gets fresh worker seeds (it does not replay the first run's episodes)
+    group = RolloutGroup(env_cfg, rollout_cfg, ActorCriticPolicy, {"ac_cfg": cfg}, seed=seed + 1_000_003 * updates)
+    recent = deque(maxlen=100)
+    recent_len = deque(maxlen=100)
+    last_ckpt = env_steps
+    t_start = time.perf_counter()
+    steps_at_start = env_steps
+    row: dict[str, Any] = {}
+    try:
+        while env_steps < cfg.total_steps:
+            t0 = time.perf_counter()
+            lr = annealed_lr(cfg, env_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            group.put_weights(model.state_dict())  # one ray.put, shared by every worker
+            failures = group.failures
+            segments = group.sample(cfg.rollout_length)
+            failed = group.failures - failures
+            if not segments:
+                raise ReinforgeError("every rollout worker died in this iteration; "
+                                     "check memory (fewer rollout.envs_per_worker) or raise rollout.max_restarts")
+            t_roll = time.perf_counter() - t0
+            for seg in segments:
+                recent.extend(seg["game_returns"])
+                recent_len.extend(seg["game_lengths"])
+                with torch.no_grad():
+                    seg["last_values"] = model.values(seg["last_obs"])
+            batch = flatten_rollouts(segments, cfg.gamma, cfg.gae_lambda)
+            model.train()
+            stats = update(model, optimizer, batch, cfg, dev, generator)
+            model.eval()
+            updates += 1
+            env_steps += int(batch["actions"].shape[0])
+            dt = time.perf_counter() - t0
+            if updates % cfg.log_every == 0 or env_steps >= cfg.total_steps:
+                row = {
+                    "env_steps": env_steps, "updates": updates, "learning_rate": lr,
+                    "episode_return_mean": float(np.mean(recent)) if recent else float("nan"),
+                    "episode_length_mean": float(np.mean(recent_len)) if recent_len else float("nan"),
+                    "episodes_seen": len(recent),
+                    "explained_variance": explained_variance(batch["values"], batch["returns"]),
+                    "env_steps_per_s": env_steps_per_s(env_steps - steps_at_start, t_start),
+                    "iteration_s": dt, "rollout_s": t_roll, "workers_failed": failed, **stats,
+                }
+                run_dir.log(row, step=env_steps)
+            if cfg.checkpoint_every and env_steps - last_ckpt >= cfg.checkpoint_every:
+                save()
+                last_ckpt = env_steps
+    finally:
+        group.close()
+    save()
+    return {"env_steps": env_steps, "updates": updates,
+            "episode_return_mean": row.get("episode_return_mean", float("nan")),
+            "env_steps_per_s": env_steps_per_s(env_steps - steps_at_start, t_start)}
+
+
+def env_steps_per_s(steps: int, t_start: float) -> float:
+    return steps / max(time.perf_counter() - t_start, 1e-9)
