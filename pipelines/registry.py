@@ -61,6 +61,8 @@ PIPELINES: dict[str, Pipeline] = {
                  "noisy quadratic with checkpoints: a fast target for sweeps and fault tests", uses_ray=False),
         Pipeline("rl-dqn", "pipelines.rl_dqn:DQNExperiment", "pipelines.rl_dqn:run",
                  "DQN / Double DQN (dueling, n-step, prioritized replay) with Ray rollout actors"),
+        Pipeline("rl-ac", "pipelines.rl_ac:ACExperiment", "pipelines.rl_ac:run",
+                 "A2C / PPO actor-critic with Ray rollout actors (or RLlib's PPO as a backend)"),
         Pipeline("gen", "pipelines.gen_pipeline:GenExperiment", "pipelines.gen_pipeline:run",
                  "generative pretraining with Ray Train: GANs, VAEs, DDPM, contrastive encoders"),
     ]
