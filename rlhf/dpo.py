@@ -1,0 +1,58 @@
+"""The DPO baseline (Rafailov et al. 2023) with TRL's ``DPOTrainer``: the same preference set
+the reward model learns from, the SFT model as both the starting point and the frozen
+reference, loss -log sigmoid(beta * [(log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l)]).
+Evaluated like PPO (gold reward and KL on held-out prompts, rlhf/evaluate.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import ConfigError
+
+
+@dataclass
+class DPOStageConfig:
+    beta: float = 0.1
+    epochs: float = 3.0
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    logging_steps: int = 10
+
+    def validate(self) -> None:
+        if self.beta <= 0 or self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1:
+            raise ConfigError("dpo.beta, dpo.epochs and dpo.learning_rate must be > 0, dpo.batch_size >= 1")
+
+
+def tokenize_dpo(ds, tokenizer):
+    """Pre-tokenised prompt_ids/chosen_ids/rejected_ids (TRL then leaves them as they are; it
+    would otherwise append <eos> to completions cut off without one)."""
+
+    def enc(row):
+        t = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return {"prompt_ids": t(row["prompt"]), "chosen_ids": t(row["chosen"]), "rejected_ids": t(row["rejected"])}
+
+    return ds.map(enc, remove_columns=[c for c in ds.column_names if c not in ("prompt", "chosen", "rejected")])
+
+
+def train_dpo(cfg: DPOStageConfig, sft_dir: Path, pairs, out_dir: Path, run_dir=None, seed: int = 0,
+              device: str = "auto") -> dict[str, Any]:
+    from trl import DPOConfig, DPOTrainer
+
+    from rlhf.models import load_policy, run_dir_callback, save_artifact, trainer_device_args
+
+    model, tok = load_policy(sft_dir, "--sft")
+    ref, _ = load_policy(sft_dir, "--sft")
+    args = DPOConfig(
+        output_dir=str(out_dir.parent / "trainer"), beta=cfg.beta, num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        logging_steps=cfg.logging_steps, seed=seed, max_length=None, **trainer_device_args(device),
+    )
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=tokenize_dpo(pairs, tok),
+                         processing_class=tok, callbacks=[run_dir_callback(run_dir, "dpo")])
+    result = trainer.train()
+    model = trainer.model.to("cpu")
+    model.config.use_cache = True
+    save_artifact(model, tok, out_dir, "dpo", parent={"sft": str(sft_dir)}, beta=cfg.beta)
+    return {"train_loss": float(result.training_loss), "steps": int(result.global_step)}
