@@ -400,6 +400,17 @@ def _trial_run_dir() -> Path:
     return Path.cwd() / "run"  # remote storage (s3://...): the trial's local working dir
 
 
+def _write_placement(run_dir: Path) -> None:
+    """``placement.json``: where the trial ran (node, GPUs), for debugging placement on a cluster."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    info = {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "placement.json").write_text(json.dumps(info, indent=2))
+
+
 def make_trainable(pipeline: str, base: dict[str, Any]):
     """A Tune function trainable running ``pipeline`` with ``base`` + the trial's sampled values."""
 
@@ -419,6 +430,7 @@ def make_trainable(pipeline: str, base: dict[str, Any]):
             _restore_checkpoint(checkpoint, run_dir)
         elif (run_dir / "checkpoints").is_dir():  # restarted from scratch: forget the old attempt
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        _write_placement(run_dir)
         run = resolved.experiment.run
         rd = RunDir(run_dir, config=resolved.to_dict(), seed=run.seed, device=run.device,
                     tensorboard=run.tensorboard, resume=checkpoint is not None)
