@@ -194,7 +194,7 @@ def a2c_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cf
     v_loss = pg.value_loss(values, batch["returns"])
     loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
     grad_norm = _step(model, optimizer, loss, cfg)
-    return {"policy_loss": float(policy_loss), "value_loss": float(v_loss), "entropy": float(entropy),
+    return {"policy_loss": policy_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
             "grad_norm": grad_norm}
 
 
@@ -220,7 +220,7 @@ def ppo_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cf
             grad_norm = _step(model, optimizer, loss, cfg)
             with torch.no_grad():
                 kl = float(pg.approx_kl(logprobs, mb["logprobs"]))
-                row = {"policy_loss": float(policy_loss), "value_loss": float(v_loss), "entropy": float(entropy),
+                row = {"policy_loss": policy_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
                        "approx_kl": kl, "clip_fraction": float(pg.clip_fraction(ratio, cfg.clip_eps)),
                        "grad_norm": grad_norm}
             for k, v in row.items():
