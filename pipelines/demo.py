@@ -29,6 +29,8 @@ def plumbing_step(out: Path, address: str | None) -> dict[str, Any]:
 DEMO_STEPS: list[tuple[str, str | Callable[[Path, str | None], dict[str, Any]]]] = [
     ("plumbing", plumbing_step),
     ("rl-dqn", "pipelines.rl_dqn:demo_step"),
+    ("rl-ppo", "pipelines.rl_ac:demo_step"),
+    ("gen", "pipelines.gen_pipeline:demo_step"),
 ]
 
 
