@@ -17,6 +17,21 @@ from generative.config import GenConfig
 from pipelines.registry import RunConfig
 
 
+# For `reinforge tune`: what the per-epoch rows and the final evaluation row can hold.
+REPORTED_METRICS = (
+    "epoch", "train_step", "samples_per_s", "samples_per_s_worker", "epoch_seconds", "workers",
+    "loss", "d_loss", "g_loss", "wasserstein_estimate", "gradient_penalty", "d_real", "d_fake",
+    "recon_log_likelihood", "kl", "eval/modes_captured", "eval/high_quality_fraction", "eval/heldout_elbo",
+    "eval/class_coverage", "eval/classifier_frechet_distance", "eval/conditional_accuracy",
+    "eval/linear_probe_accuracy",
+)
+
+
+def tune_bundles(experiment) -> list[dict[str, float]]:
+    """No actors inside the trial's placement group: Ray Train places its workers in its own."""
+    return []
+
+
 @dataclass
 class GenExperiment:
     run: RunConfig = field(default_factory=RunConfig)
@@ -64,3 +79,14 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     run_dir.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=ckpt.step)
     (Path(run_dir.path) / "final_metrics.json").write_text(json.dumps(final, indent=2))
     return final
+
+
+def demo_step(out: Path, address: str | None) -> dict[str, Any]:
+    """``reinforge demo``: a short GAN on the 8-Gaussian ring through Ray Train (gen-demo preset)."""
+    from pipelines.registry import execute, resolve
+
+    resolved = resolve(preset="gen-demo", extra={"run": {"run_dir": str(Path(out) / "gen"), "address": address}})
+    rd, result = execute(resolved)
+    keep = ("modes_captured", "num_modes", "high_quality_fraction", "samples_per_s", "epochs")
+    return {"run_dir": str(rd.path), "metrics": {k: result[k] for k in keep if k in result},
+            "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}
