@@ -97,7 +97,7 @@ def ray_head():
                 break
             except (urllib.error.URLError, OSError):
                 if proc.poll() is not None or time.time() - t0 > 120:
-                    raise RuntimeError("ray head did not come up: " + (Path(temp) / "head.log").read_text()[-2000:])
+                    raise RuntimeError("ray head did not come up: " + (Path(temp) / "head.log").read_text()[-2000:]) from None
                 time.sleep(0.5)
         yield url, token
     finally:
