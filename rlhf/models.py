@@ -277,3 +277,40 @@ def run_dir_callback(run_dir, prefix: str):
                     run_dir.log(row, step=state.global_step)
 
     return _ToRunDir()
+
+
+def quiet_libraries() -> None:
+    """Keep the CLI output to our own lines: no per-load reports, progress bars or trainer prints."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="trl")
+
+
+def quiet_trainer(trainer):
+    """Drop the callback that prints every log dict to stdout (the run dir keeps them)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def limit_threads() -> int:
+    """One intra-op torch thread on CPU unless REINFORGE_TORCH_THREADS says otherwise: these
+    models are tiny, and on shared cores two threads per process made a training step 13x
+    slower (3.5 s vs 0.26 s measured here under load) through oversubscription."""
+    import os
+
+    import torch
+
+    n = int(os.environ.get("REINFORGE_TORCH_THREADS", "1"))
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()

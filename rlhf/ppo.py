@@ -164,6 +164,18 @@ def value_estimates(critic, batch):
     return critic.score(h[:, P - 1:-1]).squeeze(-1).float() * batch["completion_mask"]
 
 
+def _unshared(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict without aliases (GPT-2 ties lm_head to the embedding; safetensors refuses
+    shared tensors); ``tie_weights()`` restores the alias on load."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        out[k] = v
+    return out
+
+
 def _sub(batch: dict[str, Any], idx) -> dict[str, Any]:
     return {k: (v[idx] if hasattr(v, "shape") and v.dim() > 0 else v) for k, v in batch.items()}
 
@@ -233,12 +245,12 @@ class PPOLearner:
         mask = batch["completion_mask"]
         eos = self.tok.eos_token_id
         has_eos = torch.tensor([bool(c) and c[-1] == eos for c in comps], device=self.device)
-        scores_t = torch.as_tensor(np.asarray(scores), device=self.device).float()
+        scores_t = torch.tensor(np.array(scores), device=self.device).float()
         penalised = scores_t - self.cfg.missing_eos_penalty * (~has_eos).float()
         with torch.no_grad():
             logp, entropy = completion_logprobs(self.policy, batch)
             values = value_estimates(self.critic, batch)
-        ref = torch.as_tensor(ref_logp, device=self.device)
+        ref = torch.tensor(np.array(ref_logp), device=self.device)
         rewards, kl = kl_penalized_rewards(logp, ref, penalised, mask, self.kl_ctl.value)
         adv, returns = gae(rewards, values, mask, self.cfg.gamma, self.cfg.lam)
         if self.cfg.whiten_advantages:
@@ -311,13 +323,14 @@ class PPOLearner:
 
     # checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"model": self.policy.state_dict(), "critic": self.critic.state_dict(),
+        return {"model": _unshared(self.policy.state_dict()), "critic": _unshared(self.critic.state_dict()),
                 "optimizer": self.opt_pi.state_dict(), "critic_optimizer": self.opt_v.state_dict(),
                 "state": {"iteration": self.iteration_done, "beta": self.kl_ctl.value,
                           "rng": self.rng.bit_generator.state}}
 
     def restore(self, objects: dict[str, Any]) -> None:
         self.policy.load_state_dict(objects["model"], strict=False)
+        self.policy.tie_weights()
         self.critic.load_state_dict(objects["critic"], strict=False)
         self.opt_pi.load_state_dict(objects["optimizer"])
         self.opt_v.load_state_dict(objects["critic_optimizer"])

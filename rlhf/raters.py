@@ -26,6 +26,7 @@ REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 @dataclass
 class RaterConfig:
     pairs_per_prompt: int = 4
+    train_prompts: int | None = None  # cap on train melodies used as prompts (None = all)
     temperature: float = 0.5  # T of the Bradley-Terry labeller; lower = less noisy labels
     max_new_tokens: int = 112
     preferences: str | None = None  # a user preference set (json/jsonl/csv/parquet or a saved dataset dir)
