@@ -57,6 +57,14 @@ PIPELINES: dict[str, Pipeline] = {
     for p in [
         Pipeline("demo", "pipelines.plumbing:PlumbingExperiment", "pipelines.plumbing:run",
                  "plumbing check: Ray actors, run dir, metrics, checkpoint, plot"),
+        *[Pipeline(f"rlhf-{n}", f"pipelines.rlhf_pipeline:RLHF{c}Experiment", f"pipelines.rlhf_pipeline:run_{n}", d,
+                   uses_ray=n in ("ppo", "all"))
+          for n, c, d in [("sft", "SFT", "RLHF stage 1: supervised fine-tuning on folk melodies (TRL SFTTrainer)"),
+                          ("reward", "Reward", "RLHF stage 2: Bradley-Terry reward model on rater preferences"),
+                          ("ppo", "PPO", "RLHF stage 3: PPO with a KL penalty to the frozen SFT prior"),
+                          ("dpo", "DPO", "RLHF baseline: DPO (TRL DPOTrainer) on the same preferences"),
+                          ("all", "All", "RLHF: SFT -> reward model -> PPO in one run"),
+                          ("eval", "Eval", "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts")]],
         Pipeline("toy", "pipelines.toy:ToyExperiment", "pipelines.toy:run",
                  "noisy quadratic with checkpoints: a fast target for sweeps and fault tests", uses_ray=False),
         Pipeline("rl-dqn", "pipelines.rl_dqn:DQNExperiment", "pipelines.rl_dqn:run",
