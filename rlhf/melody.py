@@ -306,5 +306,5 @@ def load_melodies(cfg: MelodyDataConfig, log=print):
 
 def prompts(dataset, bars: int = 1, limit: int | None = None) -> list[str]:
     """Opening bar(s) of the melodies in ``dataset`` (a split), as prompt texts."""
-    texts = dataset["text"][: limit or None]
+    texts = list(dataset["text"])[: limit or None]
     return [split_prompt(t, bars)[0] for t in texts]

@@ -113,7 +113,7 @@ def evaluate_pairs(model, tokenizer, ds, offset: float = 0.0, temperature: float
     if "gold_chosen" in ds.column_names:
         from rlhf.raters import bayes_optimal_accuracy
 
-        bayes = bayes_optimal_accuracy(ds["gold_chosen"], ds["gold_rejected"], temperature)
+        bayes = bayes_optimal_accuracy(list(ds["gold_chosen"]), list(ds["gold_rejected"]), temperature)
         out["bayes_optimal_accuracy"] = bayes["realised"]
         if "expected" in bayes:
             out["bayes_optimal_accuracy_expected"] = bayes["expected"]

@@ -1,0 +1,223 @@
+"""RLHF unit tests: tokeniser, gold rules, Bradley-Terry, KL-penalised rewards, GAE, PPO
+losses, raters' Bayes-optimal accuracy, and the one-line refusals of bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.errors import ConfigError, ReinforgeError
+from rlhf import gold
+from rlhf.melody import MelodyDataConfig, build_tokenizer, load_melodies, parse_tokens, split_prompt
+from rlhf.ppo import AdaptiveKLController, clipped_surrogate, clipped_value_loss, gae, kl_penalized_rewards, whiten
+from rlhf.raters import bayes_optimal_accuracy, load_preferences, preference_probability
+from rlhf.reward import bradley_terry_loss, bt_accuracy
+
+
+def mel(*notes: str, mode: str = "major", eos: bool = True) -> str:
+    """mel("p60 d1", "p62 d1", ...) -> token text with BOS, mode and optional EOS."""
+    return " ".join(["<bos>", f"<{mode}>", *notes, *(["<eos>"] if eos else [])])
+
+
+# --- data and tokeniser ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def melodies(tmp_path_factory):
+    cfg = MelodyDataConfig(max_songs=25, cache_dir=str(tmp_path_factory.mktemp("melodies")))
+    return load_melodies(cfg, log=None)
+
+
+def test_tokenizer_round_trips_real_corpus_melodies(melodies, tmp_path):
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    texts = list(melodies["train"]["text"]) + list(melodies["validation"]["text"])
+    assert len(texts) >= 15
+    for text in texts:
+        ids = again(text, add_special_tokens=False)["input_ids"]
+        assert again.unk_token_id not in ids
+        assert ids[0] == again.bos_token_id and ids[-1] == again.eos_token_id
+        assert again.decode(ids) == text
+        m = parse_tokens(text)
+        assert m.errors == 0 and m.ended and len(m.notes) >= 4
+
+
+def test_corpus_melodies_are_in_c_and_score_well_on_gold(melodies):
+    scores = [gold.gold_score(t) for t in melodies["train"]["text"]]
+    in_key = [gold.gold_rules(t)["notes_in_key"] for t in melodies["train"]["text"]]
+    assert np.mean(in_key) > 0.95  # transposed to C: folk tunes stay in key
+    assert np.mean(scores) > 0.7 * gold.MAX_SCORE
+
+
+def test_prompt_is_opening_bar_and_cache_is_reused(melodies, tmp_path):
+    text = melodies["train"][0]["text"]
+    prompt, completion = split_prompt(text, bars=1)
+    assert prompt.endswith("|") and prompt.count("|") == 1 and prompt + completion == text
+
+
+# --- gold rules on hand-written melodies -------------------------------------------------
+def test_notes_in_key_major_and_minor():
+    assert gold.notes_in_key(parse_tokens(mel("p60 d1", "p62 d1", "p64 d1", "p66 d1"))) == 0.75
+    assert gold.notes_in_key(parse_tokens(mel("p60 d1", "p63 d1", mode="minor"))) == 1.0
+
+
+def test_begins_and_ends_on_tonic():
+    m = parse_tokens(mel("p60 d1", "p64 d1", "| p67 d1", "p72 d2"))
+    assert gold.begins_on_tonic(m) == 1.0 and gold.ends_on_tonic(m) == 1.0
+    m = parse_tokens(mel("p62 d1", "p64 d1", "p67 d2"))
+    assert gold.begins_on_tonic(m) == 0.0 and gold.ends_on_tonic(m) == 0.0
+
+
+def test_no_more_than_four_repeats():
+    four = parse_tokens(mel(*["p60 d1"] * 4, "p62 d1"))
+    six = parse_tokens(mel(*["p60 d1"] * 6))
+    assert gold.no_excess_repeats(four) == 1.0
+    assert gold.no_excess_repeats(six) == pytest.approx(1 - 2 / 6)
+
+
+def test_large_leaps_must_resolve_stepwise_in_opposite_direction():
+    resolved = parse_tokens(mel("p60 d1", "p69 d1", "p67 d1", "p65 d1", "p64 d1"))  # up a sixth, then down by step
+    unresolved = parse_tokens(mel("p60 d1", "p69 d1", "p71 d1", "p72 d1", "p74 d1"))  # up a sixth, then up
+    fifth = parse_tokens(mel("p60 d1", "p67 d1", "p69 d1"))  # a fifth is not a large leap
+    assert gold.leaps_resolved(resolved) == 1.0
+    assert gold.leaps_resolved(unresolved) == 0.0  # 1 bad of 4 intervals, x4 weight
+    assert gold.leaps_resolved(fifth) == 1.0
+
+
+def test_motif_reuse_rewards_repeated_interval_patterns():
+    # intervals +2 +2 -4 | +7 | +2 +2 -4: the 3-interval pattern (2, 2, -4) occurs twice (transposed)
+    # among the 5 patterns -> 2/5
+    repeated = parse_tokens(mel("p60 d1", "p62 d1", "p64 d1", "p60 d1", "p67 d1", "p69 d1", "p71 d1", "p67 d1"))
+    walk = parse_tokens(mel("p60 d1", "p62 d1", "p65 d1", "p64 d1", "p71 d1", "p69 d1"))
+    assert gold.motif_reuse(repeated) == pytest.approx(0.4)
+    assert gold.motif_reuse(walk) == 0.0
+
+
+def test_eos_and_grammar_rules():
+    assert gold.ends_with_eos(parse_tokens(mel("p60 d1"))) == 1.0
+    assert gold.ends_with_eos(parse_tokens(mel("p60 d1", eos=False))) == 0.0
+    bad = parse_tokens(mel("p60", "p62 d1", "d1", "<unk>"))
+    assert bad.errors == 3 and gold.well_formed(bad) < 1.0
+    assert gold.well_formed(parse_tokens(mel("p60 d1", "r d0.5", "| p64 d1"))) == 1.0
+
+
+def test_gold_score_prefers_a_good_tune_to_a_bad_one():
+    good = mel("p60 d1", "p62 d1", "p64 d1", "p60 d1", "| p64 d1", "p65 d1", "p67 d2", "| p60 d1", "p62 d1",
+               "p64 d1", "p60 d1", "| p64 d1", "p65 d1", "p67 d2", "| p67 d1", "p64 d1", "p60 d2")
+    bad = mel("p61 d1", "p80 d1", "p49 d1", "p66", "p66 d1", "p66 d1", eos=False)
+    assert gold.gold_score(good) > gold.gold_score(bad) + 4
+    assert gold.gold_score(good) <= gold.MAX_SCORE
+
+
+# --- Bradley-Terry and raters ------------------------------------------------------------
+def test_bradley_terry_loss_and_accuracy_by_hand():
+    rc, rr = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
+    expected = -(math.log(1 / (1 + math.exp(-2))) + math.log(0.5) + math.log(1 / (1 + math.exp(2)))) / 3
+    assert float(bradley_terry_loss(rc, rr)) == pytest.approx(expected, rel=1e-6)
+    assert bt_accuracy(rc.numpy(), rr.numpy()) == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_bayes_optimal_accuracy_of_the_raters():
+    p = preference_probability([1.0], [0.0], temperature=0.5)
+    assert p[0] == pytest.approx(1 / (1 + math.exp(-2)))
+    res = bayes_optimal_accuracy([3.0, 1.0, 2.0, 2.0], [1.0, 3.0, 0.0, 2.0], temperature=1.0)
+    assert res["realised"] == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+    s2 = 1 / (1 + math.exp(-2))
+    assert res["expected"] == pytest.approx((s2 + s2 + s2 + 0.5) / 4)
+
+
+def test_preference_file_missing_chosen_is_refused(tmp_path):
+    f = tmp_path / "prefs.jsonl"
+    f.write_text(json.dumps({"prompt": "<bos> <major> p60 d1 |", "rejected": " p62 d1 <eos>"}) + "\n")
+    with pytest.raises(ReinforgeError, match="missing column\\(s\\) chosen"):
+        load_preferences(f)
+    good = tmp_path / "ok.jsonl"
+    good.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
+    assert load_preferences(good).column_names == ["prompt", "chosen", "rejected"]
+
+
+# --- PPO equations on hand-computed tensors ----------------------------------------------
+def test_kl_penalized_rewards_by_hand():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    scores = torch.tensor([2.0, -1.0])
+    rewards, kl = kl_penalized_rewards(logp, ref, scores, mask, beta=0.1)
+    assert torch.allclose(kl, torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]]))
+    expected = torch.tensor([[-0.05, 0.1, 2.0], [-0.1, -1.0, 0.0]])
+    assert torch.allclose(rewards, expected)
+
+
+def test_gae_by_hand():
+    r = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, 0.0]])
+    v = torch.tensor([[0.5, 1.0, 1.5], [1.0, 2.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    gamma, lam = 0.9, 0.5
+    adv, ret = gae(r, v, mask, gamma, lam)
+    # row 0: deltas
+    d2 = 2.0 - 1.5
+    d1 = 0.0 + 0.9 * 1.5 - 1.0
+    d0 = 1.0 + 0.9 * 1.0 - 0.5
+    a2 = d2
+    a1 = d1 + gamma * lam * a2
+    a0 = d0 + gamma * lam * a1
+    # row 1: ends after 2 tokens (the value 9.0 at the pad is ignored)
+    e1 = 1.0 - 2.0
+    e0 = 0.5 + 0.9 * 2.0 - 1.0 + gamma * lam * e1
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2], [e0, e1, 0.0]]), atol=1e-6)
+    assert torch.allclose(ret, (adv + v) * mask)
+
+
+def test_whiten_clipped_surrogate_value_loss_and_kl_controller():
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    w = whiten(torch.tensor([[1.0, 3.0, 100.0]]), mask)
+    assert torch.allclose(w, torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4)
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.0]]))
+    adv = torch.tensor([[1.0, 1.0, 5.0]])
+    loss, clipfrac, _ = clipped_surrogate(new, old, adv, mask, clip=0.2)
+    # min(1.5, 1.2) * 1 = 1.2 ; min(0.5, 0.8) * 1 = 0.5 -> loss = -(1.2 + 0.5) / 2
+    assert float(loss) == pytest.approx(-0.85) and float(clipfrac) == pytest.approx(1.0)
+    vl = clipped_value_loss(torch.tensor([[1.0, 0.0, 0.0]]), torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 0.0]]),
+                            mask, clip=0.2)
+    # token 0: max((1-1)^2, (0.2-1)^2) = 0.64 ; token 1: max(1, 1) = 1 -> 0.5 * mean = 0.41
+    assert float(vl) == pytest.approx(0.41)
+    ctl = AdaptiveKLController(0.1, target=2.0, horizon=100)
+    assert ctl.update(kl=4.0, n=10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))
+    assert AdaptiveKLController(0.1, None, 100).update(50.0, 10) == 0.1
+
+
+# --- artifacts and refusals ---------------------------------------------------------------
+def test_wrong_artifact_and_tokenizer_mismatch_are_refused(tmp_path):
+    from rlhf.models import check_tokenizer, resolve_artifact, save_artifact, tiny_gpt2
+
+    tok = build_tokenizer()
+    model = tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2)
+    save_artifact(model, tok, tmp_path / "run" / "model", "sft")
+    path, stamp = resolve_artifact(tmp_path / "run", ("sft",), "--sft")  # a run dir is accepted
+    assert path == tmp_path / "run" / "model" and stamp["stage"] == "sft"
+    with pytest.raises(ReinforgeError, match="is a 'sft' artifact.*expected a reward artifact"):
+        resolve_artifact(tmp_path / "run", ("reward",), "--reward")
+    with pytest.raises(ReinforgeError, match="no such directory"):
+        resolve_artifact(tmp_path / "nope", ("sft",), "--sft")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReinforgeError, match="not a reinforge RLHF artifact"):
+        resolve_artifact(tmp_path / "empty", ("sft",), "--sft")
+    small = tiny_gpt2(build_tokenizer(), n_layer=1, n_embd=32, n_head=2)
+    small.resize_token_embeddings(10)
+    with pytest.raises(ReinforgeError, match="tokenizer has 55 tokens but the model's embedding has 10"):
+        check_tokenizer(tok, small, "--sft x")
+
+
+def test_bad_configs_are_refused():
+    from rlhf.ppo import PPOStageConfig
+
+    with pytest.raises(ConfigError, match="minibatch_size"):
+        PPOStageConfig(batch_size=8, minibatch_size=16).validate()
+    with pytest.raises(ConfigError, match="data.files: no file 'kinderr'.*did you mean 'kinder0'"):
+        load_melodies(MelodyDataConfig(files=["kinderr"], cache_dir="/nonexistent-cache"), log=None)
