@@ -21,9 +21,11 @@ class DQNExperiment:
     rl: DQNConfig = field(default_factory=DQNConfig)
 
     def validate(self) -> None:
+        from rl.dqn_learner import check_replay_memory
         from rl.envs import check_env_id
 
         check_env_id(self.env.id)
+        check_replay_memory(self.rl, self.env)  # a too-big replay is refused at plan time
 
 
 def run(exp: DQNExperiment, run_dir) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 from cluster.checkpoint import load_checkpoint
 from cluster.errors import ConfigError, ReinforgeError
 from rl.dqn import DQNConfig, build_q_network, hard_update, linear_epsilon, polyak_update, q_update
-from rl.envs import EnvConfig
+from rl.envs import EnvConfig, check_env_id, is_atari, make_env
 from rl.evaluation import evaluate_policy, human_normalized_score
 from rl.networks import NatureCNN, load_torso
 from rl.replay import ReplayMemory
@@ -37,6 +37,21 @@ from rl.rollout import RolloutConfig, RolloutGroup
 def net_spec(cfg: DQNConfig) -> dict[str, Any]:
     return {"torso": cfg.torso, "hidden": list(cfg.hidden) if cfg.hidden else None, "dueling": cfg.dueling,
             "head_hidden": cfg.head_hidden}
+
+
+def frame_bytes(env_cfg: EnvConfig) -> int:
+    """Bytes of one stored frame: an 84x84 uint8 screen for Atari, the whole obs otherwise."""
+    if is_atari(env_cfg.id):
+        return env_cfg.screen_size * env_cfg.screen_size
+    env = make_env(env_cfg, training=False)
+    space = env.observation_space
+    env.close()
+    return int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
+
+
+def check_replay_memory(cfg: DQNConfig, env_cfg: EnvConfig) -> None:
+    """Refuse a replay memory that cannot fit in free RAM, before any actor starts."""
+    _check_replay_memory(cfg, frame_bytes(env_cfg))
 
 
 def _check_replay_memory(cfg: DQNConfig, frame_bytes: int) -> None:
@@ -70,9 +85,11 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
     dev = select_device(device)
     torch.manual_seed(seed)
     spec = net_spec(cfg)
+    check_env_id(env_cfg.id)
+    check_replay_memory(cfg, env_cfg)  # refuse before any actor starts
     group = RolloutGroup(env_cfg, roll_cfg, "rl.dqn:QPolicy",
                          {"net": spec, "exploration": cfg.exploration, "apex_base": cfg.apex_base,
-                          "apex_alpha": cfg.apex_alpha}, seed=seed)
+                          "apex_alpha": cfg.apex_alpha}, seed=seed, newest_frame_only=True)
     bar = None
     try:
         obs_space, n_actions = group.observation_space, int(group.action_space.n)
@@ -96,7 +113,6 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
         start_steps = env_steps
         k = group.frame_stack
         frame_shape = tuple(obs_space.shape[1:]) if k > 1 else tuple(obs_space.shape)
-        _check_replay_memory(cfg, int(np.prod(frame_shape)) * np.dtype(obs_space.dtype).itemsize)
         replay = ReplayMemory(cfg.buffer_size, group.num_envs, frame_shape, k, obs_space.dtype, cfg.n_step, cfg.gamma,
                               cfg.prioritized, cfg.alpha, seed=seed)
         E = roll_cfg.envs_per_worker
@@ -145,8 +161,8 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
                           "epsilon": epsilon(), "net": spec, "num_actions": n_actions},
             }, keep=keep_checkpoints)
 
-        for i in group.idle_workers():
-            group.request(i, epsilon=epsilon())
+        depth = roll_cfg.queue_depth
+        group.fill(depth, epsilon=epsilon())
         while env_steps < cfg.total_steps:
             can_train = collected >= fill_target and due >= 1.0
             for i, seg in group.ready(timeout=0 if can_train else 30.0, num_returns=roll_cfg.num_workers if can_train else 1):
@@ -161,10 +177,9 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
                 if bar is not None:
                     bar.update(n)
             # keep the replay ratio: a worker gets its next request only once the learner has
-            # caught up (restarted workers whose request was lost are idle too)
+            # caught up (restarted workers whose requests were lost get new ones here too)
             if due <= max_lag:
-                for i in group.idle_workers():
-                    group.request(i, epsilon=epsilon())
+                group.fill(depth, epsilon=epsilon())
             for _ in range(min(int(due), 16)):
                 batch = replay.sample(cfg.batch_size, beta())
                 last_metrics, td = q_update(online, target, optimizer, _to_device(batch, dev), cfg.double_q,

@@ -196,6 +196,21 @@ def make_env(cfg: EnvConfig, seed: int | None = None, training: bool = True, cli
 
 
 # --- vector env ------------------------------------------------------------------------------
+def ale_vector_kwargs(cfg: EnvConfig, num_envs: int, training: bool = True) -> dict[str, Any]:
+    """The ``AtariVectorEnv`` arguments for ``cfg`` (shared with the rollout benchmark, so the
+    bare ale-py baseline runs exactly the same preprocessing)."""
+    return dict(
+        game=rom_name(cfg.id), num_envs=int(num_envs),
+        num_threads=cfg.num_threads or min(int(num_envs), 2),
+        max_num_frames_per_episode=cfg.max_episode_frames,
+        repeat_action_probability=cfg.sticky_actions,
+        autoreset_mode="SameStep", img_height=cfg.screen_size, img_width=cfg.screen_size,
+        stack_num=cfg.frame_stack, frameskip=cfg.frame_skip, maxpool=True, noop_max=cfg.noop_max,
+        episodic_life=False, life_loss_info=training and cfg.terminal_on_life_loss, reward_clipping=False,
+        use_fire_reset=cfg.fire_reset,
+    )
+
+
 class VecEnv:
     """A vector env with SAME_STEP autoreset and the true-score infos described above.
 
@@ -213,17 +228,7 @@ class VecEnv:
         if use_ale:
             from ale_py.vector_env import AtariVectorEnv
 
-            life_loss = training and cfg.terminal_on_life_loss
-            self.env = AtariVectorEnv(
-                rom_name(cfg.id), self.num_envs,
-                num_threads=cfg.num_threads or min(self.num_envs, 2),
-                max_num_frames_per_episode=cfg.max_episode_frames,
-                repeat_action_probability=cfg.sticky_actions,
-                autoreset_mode="SameStep", img_height=cfg.screen_size, img_width=cfg.screen_size,
-                stack_num=cfg.frame_stack, frameskip=cfg.frame_skip, maxpool=True, noop_max=cfg.noop_max,
-                episodic_life=False, life_loss_info=life_loss, reward_clipping=False,
-                use_fire_reset=cfg.fire_reset,
-            )
+            self.env = AtariVectorEnv(**ale_vector_kwargs(cfg, self.num_envs, training))
             self.backend = "ale"
         else:
             from gymnasium.vector import AutoresetMode, SyncVectorEnv
@@ -258,8 +263,23 @@ class VecEnv:
         return obs
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start a step (ale-py: the emulator threads run while the caller does other work)."""
         actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
-        obs, reward, terminated, truncated, info = self.env.step(actions)
+        if self.backend == "ale":
+            self.env.send(actions)
+        else:
+            self._actions = actions
+
+    def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Finish the step started by ``send``: (obs, learn reward, terminated, truncated, info)."""
+        if self.backend == "ale":
+            obs, reward, terminated, truncated, info = self.env.recv()
+        else:
+            obs, reward, terminated, truncated, info = self.env.step(self._actions)
         raw = np.asarray(reward, dtype=np.float64)
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)

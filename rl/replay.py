@@ -127,10 +127,12 @@ class ReplayMemory:
             self.tree.update(stream * self.C + pos, np.full(T, self.max_priority ** self.alpha))
 
     def add_segment(self, streams: list[int] | np.ndarray, seg: dict[str, Any]) -> int:
-        """Append a rollout segment (see rl.rollout) whose env e feeds stream ``streams[e]``."""
-        obs = seg["obs"]
+        """Append a rollout segment (see rl.rollout) whose env e feeds stream ``streams[e]``.
+        Takes ``frames`` (newest frame per step, what DQN's workers send) or full ``obs``."""
+        frames_only = "frames" in seg
+        obs = seg["frames"] if frames_only else seg["obs"]
         for e, s in enumerate(streams):
-            frames = obs[:, e, -1] if self.k > 1 else obs[:, e]
+            frames = obs[:, e] if frames_only or self.k == 1 else obs[:, e, -1]
             self.add(int(s), frames, seg["actions"][:, e], seg["rewards"][:, e], seg["first"][:, e],
                      seg["terminated"][:, e], seg["truncated"][:, e])
         return int(seg["actions"].size)

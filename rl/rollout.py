@@ -16,7 +16,10 @@ class itself)::
 
 Segment returned by ``RolloutWorker.sample(T)`` (E = envs per worker; arrays are (T, E, ...))::
 
-    obs            observation the action was taken in (uint8 frames for Atari)
+    obs            observation the action was taken in (uint8 frame stacks for Atari); with
+                   ``newest_frame_only=True`` (DQN: its replay stores each frame once) the key is
+                   ``frames`` instead: only the newest frame of each stack, (T, E, 84, 84), a
+                   quarter of the bytes to copy and ship
     first          obs[t] starts an episode (reset, or the worker's first step)
     actions        (T, E) int64
     rewards        (T, E) float32 learning reward (clipped when env.clip_rewards)
@@ -31,6 +34,11 @@ Segment returned by ``RolloutWorker.sample(T)`` (E = envs per worker; arrays are
     last_obs, last_first  (E, ...), (E,) state after the segment (the next segment starts there)
     game_returns, game_lengths  lists: true (unclipped, whole-game) scores of games that ended
     worker_index, version (weights version used), env_steps, seconds
+
+Throughput: ``group.fill(depth=2, ...)`` keeps ``depth`` requests queued per worker, so a
+worker starts its next segment the moment it hands one back (env stepping overlaps transfer
+and learning); segments of one worker still arrive in order (``ready`` sorts by request).
+Segments travel as numpy arrays, which Ray's object store hands to the learner zero-copy.
 
 Weights: the learner calls ``group.put_weights(state_dict)`` once per sync (one ``ray.put``)
 and the ref goes to every worker with its next request; a worker only loads weights whose
@@ -60,6 +68,7 @@ class RolloutConfig:
     cpus_per_worker: float = 1.0
     max_restarts: int = 3  # Ray restarts a dead worker this many times
     steps_per_sample: int = 32  # T: vector steps per request (DQN transitions = T x envs_per_worker)
+    queue_depth: int = 2  # requests kept in flight per worker by asynchronous consumers (DQN)
 
     def validate(self) -> None:
         if self.num_workers < 1:
@@ -70,6 +79,8 @@ class RolloutConfig:
             raise ConfigError(f"rollout.cpus_per_worker={self.cpus_per_worker} must be >= 0")
         if self.steps_per_sample < 1:
             raise ConfigError(f"rollout.steps_per_sample={self.steps_per_sample} must be >= 1")
+        if self.queue_depth < 1:
+            raise ConfigError(f"rollout.queue_depth={self.queue_depth} must be >= 1 (2 overlaps acting with learning)")
         if self.max_restarts < 0:
             raise ConfigError(f"rollout.max_restarts={self.max_restarts} must be >= 0 (-1 is not allowed here)")
 
@@ -81,17 +92,31 @@ def load_class(spec: str | type) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+def _default_priority() -> None:
+    """Ray starts worker processes at nice 15 (its ``worker_niceness``) so they cannot starve
+    the raylet; a rollout actor is the hot loop and would then lose the cores to the learner
+    and anything else running, so it asks for nice 0 back (quietly keeps 15 where the OS
+    refuses). Ray's own job drivers do the same (RAY_worker_niceness=0)."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class RolloutWorker:
     """One rollout actor: a vector env and a local policy copy. Plain class; the group makes it
     a Ray actor through ``cluster.runtime.make_actor``."""
 
     def __init__(self, worker_index: int, num_workers: int, env_cfg: EnvConfig, num_envs: int, policy: str | type,
-                 policy_kwargs: dict[str, Any] | None, seed: int, training: bool = True):
+                 policy_kwargs: dict[str, Any] | None, seed: int, training: bool = True,
+                 newest_frame_only: bool = False):
         import torch
 
         from cluster.seeding import seed_everything, worker_seed
 
         torch.set_num_threads(1)  # many workers share few cores: one intra-op thread each
+        _default_priority()
         self.worker_index = worker_index
         self.seed = worker_seed(seed, worker_index)
         seed_everything(self.seed)
@@ -104,6 +129,8 @@ class RolloutWorker:
         self.obs = self.env.reset()
         self.first = np.ones(num_envs, dtype=bool)
         self.num_envs = num_envs
+        # stacked frame obs (E, k, H, W): ship only obs[:, -1] per step when asked
+        self.frames_only = bool(newest_frame_only) and self.env.frame_stack > 1
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "worker_index": self.worker_index, "version": self.version,
@@ -121,7 +148,8 @@ class RolloutWorker:
         if weights is not None:
             self.set_weights(weights, version)
         T, E = int(num_steps), self.num_envs
-        obs_buf = np.empty((T, E, *self.obs.shape[1:]), dtype=self.obs.dtype)
+        obs_shape = self.obs.shape[2:] if self.frames_only else self.obs.shape[1:]
+        obs_buf = np.empty((T, E, *obs_shape), dtype=self.obs.dtype)
         first = np.empty((T, E), dtype=bool)
         actions = np.empty((T, E), dtype=np.int64)
         rewards = np.empty((T, E), dtype=np.float32)
@@ -132,16 +160,18 @@ class RolloutWorker:
         boot = np.zeros((T, E), dtype=np.float32) if has_value else None
         final_obs, final_index, game_returns, game_lengths = [], [], [], []
         for t in range(T):
-            obs_buf[t] = self.obs
-            first[t] = self.first
             out = self.policy.act(self.obs, **act_kwargs)
+            actions[t] = out["action"]
+            self.env.send(actions[t])
+            # the emulator threads step now; record s_t meanwhile (recv returns fresh arrays)
+            obs_buf[t] = self.obs[:, -1] if self.frames_only else self.obs
+            first[t] = self.first
             for k, v in out.items():
                 if k != "action":
                     if k not in extras:
                         extras[k] = np.empty((T, E), dtype=np.asarray(v).dtype)
                     extras[k][t] = v
-            actions[t] = out["action"]
-            nxt, r, term, trunc, info = self.env.step(actions[t])
+            nxt, r, term, trunc, info = self.env.recv()
             rewards[t], terminated[t], truncated[t] = r, term, trunc
             ended = np.flatnonzero(term | trunc)
             for e in ended:
@@ -156,7 +186,7 @@ class RolloutWorker:
             self.obs = nxt
             self.first = info["reset_mask"].copy()
         batch: dict[str, Any] = {
-            "obs": obs_buf, "first": first, "actions": actions, "rewards": rewards,
+            ("frames" if self.frames_only else "obs"): obs_buf, "first": first, "actions": actions, "rewards": rewards,
             "terminated": terminated, "truncated": truncated,
             "final_obs": np.asarray(final_obs, dtype=self.obs.dtype).reshape(len(final_obs), *self.obs.shape[1:]),
             "final_index": np.asarray(final_index, dtype=np.int64).reshape(-1, 2),
@@ -197,7 +227,8 @@ class RolloutGroup:
     """
 
     def __init__(self, env_cfg: EnvConfig, cfg: RolloutConfig, policy: str | type,
-                 policy_kwargs: dict[str, Any] | None = None, seed: int = 0, training: bool = True):
+                 policy_kwargs: dict[str, Any] | None = None, seed: int = 0, training: bool = True,
+                 newest_frame_only: bool = False):
         from cluster.runtime import Resources, make_actor
 
         cfg.validate()
@@ -206,10 +237,11 @@ class RolloutGroup:
         self.cfg = cfg
         self.workers = [
             make_actor(RolloutWorker, i, cfg.num_workers, env_cfg, cfg.envs_per_worker, policy, policy_kwargs, seed,
-                       training, resources=Resources(num_cpus=cfg.cpus_per_worker), max_restarts=cfg.max_restarts)
+                       training, newest_frame_only, resources=Resources(num_cpus=cfg.cpus_per_worker), max_restarts=cfg.max_restarts)
             for i in range(cfg.num_workers)
         ]
-        self._inflight: dict[Any, int] = {}  # ref -> worker index
+        self._inflight: dict[Any, tuple[int, int]] = {}  # ref -> (worker index, request number)
+        self._requests = 0
         self._known: list[int] = [-1] * cfg.num_workers  # weights version each worker has
         self._weights_ref = None
         self._version = -1
@@ -263,11 +295,26 @@ class RolloutGroup:
         ref = self.workers[i].sample.remote(num_steps or self.cfg.steps_per_sample, ref_w, version, **act_kwargs)
         if ref_w is not None:
             self._known[i] = version
-        self._inflight[ref] = i
+        self._inflight[ref] = (i, self._requests)
+        self._requests += 1
+
+    def pending(self, i: int) -> int:
+        """Requests queued or running on worker ``i``."""
+        return sum(1 for w, _ in self._inflight.values() if w == i)
 
     def idle_workers(self) -> list[int]:
-        busy = set(self._inflight.values())
+        busy = {w for w, _ in self._inflight.values()}
         return [i for i in range(len(self.workers)) if i not in busy]
+
+    def fill(self, depth: int = 2, num_steps: int | None = None, **act_kwargs: Any) -> int:
+        """Queue requests until every worker has ``depth`` in flight (depth 2: the worker never
+        waits for the learner between segments). Returns the number of requests sent."""
+        sent = 0
+        for i in range(len(self.workers)):
+            for _ in range(depth - self.pending(i)):
+                self.request(i, num_steps, **act_kwargs)
+                sent += 1
+        return sent
 
     def ready(self, timeout: float | None = None, num_returns: int = 1) -> list[tuple[int, dict[str, Any]]]:
         """Finished requests as (worker index, segment); a dead worker's request is dropped."""
@@ -278,8 +325,8 @@ class RolloutGroup:
         refs = list(self._inflight)
         done, _ = ray.wait(refs, num_returns=min(num_returns, len(refs)), timeout=timeout)
         out = []
-        for ref in done:
-            i = self._inflight.pop(ref)
+        for ref in sorted(done, key=lambda r: self._inflight[r][1]):  # a worker's segments in order
+            i, _ = self._inflight.pop(ref)
             try:
                 out.append((i, ray.get(ref)))
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
