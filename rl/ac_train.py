@@ -73,8 +73,8 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
         while env_steps < cfg.total_steps:
             t0 = time.perf_counter()
             lr = annealed_lr(cfg, env_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
             group.put_weights(model.state_dict())  # one ray.put, shared by every worker
             failures = group.failures
             segments = group.sample(cfg.rollout_length)

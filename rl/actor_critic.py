@@ -125,15 +125,19 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def act(self, obs: np.ndarray, greedy: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample (or argmax) actions for a batch of observations: ``(action, logprob, value)``."""
-        device = next(self.parameters()).device
-        dist, value = self.distribution(torch.as_tensor(np.asarray(obs), device=device))
+        dist, value = self.distribution(self._tensor(obs))
         action = dist.probs.argmax(-1) if greedy else dist.sample()
         return action.cpu().numpy(), dist.log_prob(action).cpu().numpy(), value.cpu().numpy()
 
     @torch.no_grad()
     def values(self, obs: np.ndarray) -> np.ndarray:
-        device = next(self.parameters()).device
-        return self(torch.as_tensor(np.asarray(obs), device=device))[1].cpu().numpy()
+        return self(self._tensor(obs))[1].cpu().numpy()
+
+    def _tensor(self, obs: np.ndarray) -> torch.Tensor:
+        obs = np.asarray(obs)
+        if not obs.flags.writeable:  # zero-copy from Ray's object store: torch wants its own copy
+            obs = obs.copy()
+        return torch.as_tensor(obs, device=next(self.parameters()).device)
 
 
 def build_actor_critic(observation_space, action_space, cfg: ACConfig) -> ActorCritic:
