@@ -51,14 +51,15 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     if cfg.data == "atari-frames":
         from generative.data import record_atari_frames
 
-        frames_path = str(record_atari_frames(cfg.atari_game, cfg.atari_frames, seed))
+        frames_path = str(record_atari_frames(cfg.atari_game, cfg.atari_frames, seed).resolve())
     latest = run_dir.latest_checkpoint()
     if latest is not None:  # --resume: the run dir must hold this model
         check_compatible(load_checkpoint(latest)["state"], cfg, f"run dir {run_dir.path}")
-    metrics_path = run_dir.path / "train_metrics.jsonl"
+    # absolute paths: Ray Train workers run in their own working directory
+    metrics_path = (run_dir.path / "train_metrics.jsonl").resolve()
     done = sum(1 for _ in open(metrics_path)) if metrics_path.is_file() else 0
-    final_path, last = fit(cfg, run_dir.path / "ray_train", seed=seed, name="gen",
-                           resume_from=str(latest) if latest else None, frames_path=frames_path,
+    final_path, last = fit(cfg, run_dir.path.resolve() / "ray_train", seed=seed, name="gen",
+                           resume_from=str(latest.resolve()) if latest else None, frames_path=frames_path,
                            metrics_path=str(metrics_path))
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines()[done:] if line.strip()]
     for row in rows:  # the workers' per-epoch reports, into metrics.jsonl / TensorBoard / listeners

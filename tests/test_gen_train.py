@@ -65,10 +65,10 @@ def test_bad_model_data_pairs_are_refused_in_one_line(gen, message):
 
 @pytest.mark.slow
 def test_cli_train_sample_and_refusals(cli, tmp_path):
-    run_dir = tmp_path / "ddpm"
-    res = cli("gen", "train", "--model", "ddpm", "--data", "ring8", "--workers", "0", "--epochs", "1",
-              "--run-dir", str(run_dir), "--set", "gen.dataset_size=1024", "--set", "gen.timesteps=20",
-              "--set", "gen.eval_samples=200", "--set", "run.tensorboard=false")
+    run_dir = tmp_path / "runs" / "ddpm"  # given relative to the cwd: Train workers run elsewhere
+    res = cli("gen", "train", "--model", "ddpm", "--data", "ring8", "--workers", "1", "--epochs", "1",
+              "--run-dir", "runs/ddpm", "--set", "gen.dataset_size=1024", "--set", "gen.timesteps=20",
+              "--set", "gen.eval_samples=200", "--set", "run.tensorboard=false", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "modes_captured" in res.stdout and (run_dir / "checkpoints").is_dir()
     res = cli("gen", "sample", "--checkpoint", str(run_dir), "--n", "16", "--out", str(tmp_path / "s.png"))
