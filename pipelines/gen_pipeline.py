@@ -16,7 +16,6 @@ from typing import Any
 from generative.config import GenConfig
 from pipelines.registry import RunConfig
 
-
 # For `reinforge tune`: what the per-epoch rows and the final evaluation row can hold.
 REPORTED_METRICS = (
     "epoch", "train_step", "samples_per_s", "samples_per_s_worker", "epoch_seconds", "workers",
