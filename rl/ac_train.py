@@ -16,6 +16,7 @@ optimizer and the step counters; a resumed run continues from them (fresh env ep
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import Any
@@ -38,6 +39,8 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
     from rl.rollout import RolloutGroup
 
     dev = select_device(device)
+    if dev.type == "cpu":  # the cores the rollout actors do not hold (oversubscribing is far slower)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - int(rollout_cfg.num_workers * rollout_cfg.cpus_per_worker)))
     cfg.check_batch(rollout_cfg.num_workers * rollout_cfg.envs_per_worker)
     probe = make_vector_env(env_cfg, 1, seed=seed, training=True)
     obs_space, act_space = probe.single_observation_space, probe.single_action_space

@@ -1,0 +1,127 @@
+"""End-to-end PPO training throughput on Pong: reinforge (native) vs RLlib's PPO (new API stack),
+side by side in one run on the same cores. Target: reinforge >= 3x RLlib env steps/s.
+
+Matched on both sides (one ``ACConfig`` feeds both: RLlib's side is built by
+``rl.rllib_backend.build_config``, the same code as ``--backend rllib``): 1 rollout actor
+(RLlib: 1 env runner) x 8 envs with 1 CPU reserved, the learner in the driver process on the
+CPU with one torch thread (the core the rollout actor does not hold; reinforge's learner sets
+this itself, RLlib's local learner gets ``torch.set_num_threads(1)`` in the driver);
+Atari preprocessing (no-op starts, frame skip 4 with max-pool, 84x84 gray, stack 4, episodic
+life, fire reset, clipped rewards; RLlib's own ``wrap_atari_for_new_api_stack`` on a
+``frameskip=1`` env); the Nature CNN conv stack with a 512-unit layer (RLlib: in each head);
+rollout length 128 (batch 1024), minibatch 256, 1 epoch, Adam lr 2.5e-4, clip 0.1, GAE 0.95,
+entropy 0.01, value coefficient 0.5, grad-norm clip 0.5. Both sides' rollout actors run at
+nice 0 (Ray starts workers at nice 15; reinforge's rollout workers ask for 0 and the RLlib
+env runner is given the same).
+
+Measured: env steps/s over the iterations after the first (start-up, JIT-like warm-ups and
+RLlib's env-runner creation are outside the window), each iteration sampling AND training.
+``--quick`` uses rollouts of 32 steps (batch 256, minibatch 64) and 3 iterations a side: a
+smoke run, numbers not comparable with the full run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _common import parse_args, print_table, write_results
+
+ENV_ID = "ALE/Pong-v5"
+ENVS = 8
+
+
+def ac_config(rollout_length: int, iterations: int):
+    from rl.actor_critic import ACConfig
+
+    return ACConfig(algo="ppo", total_steps=rollout_length * ENVS * iterations, rollout_length=rollout_length,
+                    learning_rate=2.5e-4, anneal_lr=True, epochs=1, num_minibatches=4, clip_eps=0.1,
+                    clip_value=True, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5, checkpoint_every=0,
+                    eval_episodes=0)
+
+
+def rollout_config():
+    from rl.rollout import RolloutConfig
+
+    return RolloutConfig(num_workers=1, envs_per_worker=ENVS, cpus_per_worker=1.0)
+
+
+def _window(marks: list[tuple[float, int]]) -> dict:
+    """Rate between the first logged iteration and the last one."""
+    if len(marks) < 2:
+        return {"env_steps_per_s": math.nan, "timed_env_steps": 0, "seconds": 0.0}
+    (t0, s0), (t1, s1) = marks[0], marks[-1]
+    return {"env_steps_per_s": (s1 - s0) / (t1 - t0), "timed_env_steps": s1 - s0, "seconds": t1 - t0,
+            "iterations": len(marks) - 1}
+
+
+def bench_reinforge(rollout_length: int, iterations: int, seed: int = 0) -> dict:
+    from cluster.rundir import RunDir
+    from rl.ac_train import train
+    from rl.envs import EnvConfig
+
+    marks: list[tuple[float, int]] = []
+    with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "run", tensorboard=False) as rd:
+        rd.add_listener(lambda row: marks.append((time.perf_counter(), int(row["env_steps"]))))
+        train(EnvConfig(id=ENV_ID), rollout_config(), ac_config(rollout_length, iterations + 1), rd, seed=seed,
+              device="cpu")
+    return _window(marks)
+
+
+def _nice0(_runner) -> int:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError:
+        pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def bench_rllib(rollout_length: int, iterations: int, seed: int = 0) -> dict:
+    from rl.envs import EnvConfig
+    from rl.rllib_backend import build_config
+
+    import torch
+
+    torch.set_num_threads(1)  # the local learner lives in this process (see the docstring)
+    cfg = ac_config(rollout_length, iterations + 1)
+    algo = build_config(EnvConfig(id=ENV_ID), rollout_config(), cfg, seed=seed, device="cpu").build_algo()
+    marks: list[tuple[float, int]] = []
+    try:
+        algo.env_runner_group.foreach_env_runner(_nice0, local_env_runner=False)
+        for _ in range(iterations + 1):
+            result = algo.train()
+            marks.append((time.perf_counter(), int(result["env_runners"]["num_env_steps_sampled_lifetime"])))
+    finally:
+        algo.stop()
+    return _window(marks)
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    from cluster.runtime import connect, shutdown
+
+    rollout_length, ours_iters, rllib_iters = (32, 3, 2) if args.quick else (128, 8, 4)
+    connect(num_cpus=2)
+    try:
+        rllib = bench_rllib(rollout_length, rllib_iters)
+        ours = bench_reinforge(rollout_length, ours_iters)
+    finally:
+        shutdown()
+    rows = [
+        {"system": "reinforge PPO (1 actor x 8 envs + learner)", **ours},
+        {"system": "RLlib PPO new stack (1 env runner x 8 envs + local learner)", **rllib},
+    ]
+    for r in rows:
+        r["vs_rllib"] = r["env_steps_per_s"] / rllib["env_steps_per_s"]
+    batch = rollout_length * ENVS
+    print_table(rows, ["system", "env_steps_per_s", "timed_env_steps", "seconds", "vs_rllib"],
+                title=f"Pong PPO training throughput (batch {batch}, minibatch {batch // 4}, 1 epoch; "
+                      "timed after the first iteration)")
+    print(f"wrote {write_results('ppo', rows, args.out, env=ENV_ID, envs=ENVS, batch=batch, minibatch=batch // 4, epochs=1, quick=args.quick)}")
+
+
+if __name__ == "__main__":
+    main()
