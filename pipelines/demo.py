@@ -31,6 +31,7 @@ DEMO_STEPS: list[tuple[str, str | Callable[[Path, str | None], dict[str, Any]]]]
     ("rl-dqn", "pipelines.rl_dqn:demo_step"),
     ("rl-ppo", "pipelines.rl_ac:demo_step"),
     ("gen", "pipelines.gen_pipeline:demo_step"),
+    ("rlhf", "pipelines.rlhf_pipeline:demo_step"),
 ]
 
 

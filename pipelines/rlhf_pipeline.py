@@ -298,3 +298,15 @@ def run_all(exp: RLHFAllExperiment, run_dir) -> dict[str, Any]:
             target = run_dir.plots / png.name
             target.write_bytes(png.read_bytes())
     return out
+
+
+def demo_step(out: Path, address: str | None) -> dict[str, Any]:
+    """``reinforge demo``: SFT -> reward -> PPO, tiny, with the gold-vs-KL plot."""
+    from pipelines.registry import execute, resolve
+
+    resolved = resolve(preset="rlhf-demo", extra={"run": {"run_dir": str(out / "rlhf"), "address": address}})
+    rd, result = execute(resolved)
+    keep = ("sft/eval_loss", "reward/heldout_accuracy", "reward/bayes_optimal_accuracy", "ppo/sft_gold_reward",
+            "ppo/ppo_gold_reward", "ppo/ppo_kl", "ppo/iteration_s")
+    return {"run_dir": str(rd.path), "metrics": {k: result[k] for k in keep if k in result},
+            "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}
