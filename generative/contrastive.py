@@ -128,15 +128,19 @@ class Encoder(nn.Module):
     def __init__(self, data_shape: tuple[int, ...], atari: bool, feature_dim: int, projection_dim: int,
                  hidden: int = 128):
         super().__init__()
+        self.atari = atari
         if atari:
-            self.torso = nature_torso()
-            self.backbone = nn.Sequential(self.torso, nn.Flatten())
-            feature_dim = torso_out_dim(self.torso)
+            torso = nature_torso()  # registered once (inside backbone): safetensors refuses shared tensors
+            self.backbone = nn.Sequential(torso, nn.Flatten())
+            feature_dim = torso_out_dim(torso)
         else:
-            self.torso = None
             self.backbone = nn.Sequential(ConvEncoder(data_shape[0], data_shape[-1], feature_dim, ch=hidden // 2,
                                                       act=nn.ReLU), nn.ReLU())
         self.head = mlp([feature_dim, 256, projection_dim])
+
+    @property
+    def torso(self) -> nn.Module | None:
+        return self.backbone[0] if self.atari else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -255,8 +256,8 @@ def _first_error_line(exc: BaseException) -> str:
                 stack.extend(failures.values())
         stack.extend([e.__cause__, e.__context__])
         text = str(e).strip()
-        for line in text.splitlines():
-            if "Error" in line and ":" in line:
-                best = best or line.strip()
+        raised = [ln.strip() for ln in text.splitlines() if re.match(r"^[\w.]*(Error|Exception): \S", ln.strip())]
+        if raised:  # the exception line at the end of a worker's traceback snippet
+            best = best or raised[-1]
         best = best or (text.splitlines()[0] if text else type(e).__name__)
     return (best or type(exc).__name__)[:300]

@@ -83,8 +83,8 @@ class VAE(nn.Module):
         if atari:
             from generative.contrastive import torso_out_dim
 
-            self.torso = atari_torso()
-            self.enc = nn.Sequential(self.torso, nn.Flatten(), nn.Linear(torso_out_dim(self.torso), 2 * z_dim))
+            torso = atari_torso()  # registered once (inside enc): safetensors refuses shared tensors
+            self.enc = nn.Sequential(torso, nn.Flatten(), nn.Linear(torso_out_dim(torso), 2 * z_dim))
             self.dec = AtariDecoder(z_dim)
         elif self.image:
             self.enc = ConvEncoder(data_shape[0] + c, data_shape[-1], 2 * z_dim, ch=hidden // 2, act=nn.ReLU)
@@ -206,4 +206,4 @@ class VAEModel:
         return net.mean(net.decode(z, cond))
 
     def encoder_torso(self) -> nn.Module | None:
-        return unwrap(self.net).torso if self.atari else None
+        return unwrap(self.net).enc[0] if self.atari else None

@@ -81,3 +81,25 @@ def test_cli_train_sample_and_refusals(cli, tmp_path):
     assert res.returncode == 1 and "does not exist" in res.stderr and res.stderr.count("\n") == 1
     res = cli("gen", "train", "--model", "cgan", "--data", "ring8")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "has no labels" in res.stderr
+
+
+@pytest.mark.parametrize("model", ["vae", "moco"])
+def test_atari_encoder_checkpoints_and_exports_a_torso_the_rl_side_loads(model, tmp_path):
+    import torch
+
+    from cluster.checkpoint import load_checkpoint, save_checkpoint
+    from generative.config import GenConfig
+    from generative.evaluate import export_torso
+    from generative.train import build_model, checkpoint_objects, restore
+    from rl.networks import NatureCNN, load_torso
+
+    cfg = GenConfig(model=model, data="atari-frames", moco_queue=32, batch_size=4)
+    m = build_model(cfg)
+    frames = torch.randint(0, 255, (4, 4, 84, 84), dtype=torch.uint8)
+    m.train_step(frames, None, 0)
+    path = save_checkpoint(tmp_path / "ck", 1, checkpoint_objects(m, cfg, 1, 1))  # no shared tensors
+    restore(build_model(cfg), load_checkpoint(path), cfg)
+    export_torso(m.encoder_torso(), tmp_path / "run", {"model": model})
+    agent_torso = load_torso(NatureCNN(in_channels=4), tmp_path / "run")
+    for k, v in m.encoder_torso().state_dict().items():
+        assert torch.equal(agent_torso.state_dict()[k], v)
