@@ -23,10 +23,11 @@ smoke run, numbers not comparable with the full run.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
+
+from bench_dqn import _nice0  # same nice-0 treatment of the RLlib env runner as the DQN benchmark
 
 from _common import parse_args, print_table, write_results
 
@@ -71,19 +72,11 @@ def bench_reinforge(rollout_length: int, iterations: int, seed: int = 0) -> dict
     return _window(marks)
 
 
-def _nice0(_runner) -> int:
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except OSError:
-        pass
-    return os.getpriority(os.PRIO_PROCESS, 0)
-
-
 def bench_rllib(rollout_length: int, iterations: int, seed: int = 0) -> dict:
+    import torch
+
     from rl.envs import EnvConfig
     from rl.rllib_backend import build_config
-
-    import torch
 
     torch.set_num_threads(1)  # the local learner lives in this process (see the docstring)
     cfg = ac_config(rollout_length, iterations + 1)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cluster.errors import ConfigError, ReinforgeError
-from rl.actor_critic import ACConfig, build_actor_critic, make_optimizer, update
 from rl.ac_rollout import flatten_rollouts
+from rl.actor_critic import ACConfig, build_actor_critic, make_optimizer, update
 
 CARTPOLE_OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 ATARI_OBS = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
