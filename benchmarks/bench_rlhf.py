@@ -1,0 +1,225 @@
+"""RLHF benchmark: the checkable targets of the melody task, and reinforge PPO vs TRL's
+RLOOTrainer side by side in one run.
+
+1. SFT on the Essen folk melodies; simulated raters label SFT samples with the hidden gold.
+2. Reward model: held-out pairwise accuracy vs the gold's Bayes-optimal accuracy on the same pairs.
+3. reinforge PPO (Ray actors for rollouts and scoring): held-out gold reward and KL to the SFT
+   prior along training (the over-optimisation curve), iteration time.
+4. TRL RLOOTrainer on the same SFT model, prompts, reward model (+ the same missing-<eos>
+   penalty) and completions per step, for the same wall-clock budget: iteration time, held-out
+   gold and KL of its final policy, gold gained per wall-clock minute.
+5. (optional) DPO baseline on the same preference set.
+
+    python benchmarks/bench_rlhf.py [--quick] [--out DIR]     (or: reinforge bench rlhf)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from _common import Timer, parse_args, print_table, write_results
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], [
+        (("--iterations",), {"type": int, "default": None, "help": "PPO iterations (default 40, quick 4)"}),
+        (("--no-dpo",), {"action": "store_true", "help": "skip the DPO baseline"}),
+        (("--files",), {"default": "kinder0", "help": "comma-separated Essen files"}),
+    ])
+    import numpy as np
+
+    from cluster.runtime import connect
+    from cluster.seeding import seed_everything
+    from rlhf.evaluate import evaluate_policy
+    from rlhf.melody import MelodyDataConfig, load_melodies, prompts
+    from rlhf.models import limit_threads, load_policy, quiet_libraries
+    from rlhf.ppo import PPOStageConfig, train_ppo
+    from rlhf.raters import RaterConfig, simulate_preferences
+    from rlhf.reward import RewardStageConfig, train_reward
+    from rlhf.sft import SFTStageConfig, train_sft
+
+    quick = args.quick
+    limit_threads()
+    quiet_libraries()
+    seed_everything(0)
+    work = Path(args.out) / "rlhf-work"
+    work.mkdir(parents=True, exist_ok=True)
+    info: dict = {"quick": quick}
+    data = load_melodies(MelodyDataConfig(files=args.files.split(","), max_songs=40 if quick else None,
+                                          max_tokens=96 if quick else 128))
+    train_prompts, held_prompts = prompts(data["train"]), prompts(data["validation"])
+    max_new = 48 if quick else 112
+    info["melodies"] = {"train": len(data["train"]), "validation": len(data["validation"])}
+
+    # 1. SFT
+    with Timer() as t:
+        sft = train_sft(SFTStageConfig(max_steps=20 if quick else -1, epochs=20, n_embd=64 if quick else 128),
+                        data, work / "sft")
+    info["sft"] = {**sft, "seconds": t.seconds}
+    print(f"SFT: eval loss {sft['eval_loss']:.3f} in {t.seconds:.0f} s", flush=True)
+
+    # 2. raters + reward model
+    policy, tok = load_policy(work / "sft")
+    rcfg = RaterConfig(pairs_per_prompt=2 if quick else 4, temperature=0.5, max_new_tokens=max_new)
+    with Timer() as t:
+        train_pairs = simulate_preferences(policy, tok, train_prompts, rcfg, seed=0)
+        held_cfg = RaterConfig(pairs_per_prompt=2 if quick else 12, temperature=0.5, max_new_tokens=max_new)
+        held_pairs = simulate_preferences(policy, tok, held_prompts, held_cfg, seed=1)
+        rm = train_reward(RewardStageConfig(epochs=1 if quick else 3), work / "sft", train_pairs, held_pairs,
+                          work / "reward", temperature=0.5)
+    info["reward"] = {**rm, "seconds": t.seconds}
+    print(f"reward model: held-out accuracy {rm['heldout_accuracy']:.3f} vs Bayes-optimal "
+          f"{rm['bayes_optimal_accuracy']:.3f} on {rm['heldout_pairs']} pairs", flush=True)
+
+    # 3. reinforge PPO
+    connect(num_cpus=2)
+    iters = args.iterations or (4 if quick else 40)
+    pcfg = PPOStageConfig(iterations=iters, batch_size=16 if quick else 32, minibatch_size=8 if quick else 16,
+                          max_new_tokens=max_new, learning_rate=5e-5, kl_coef=0.05, eval_every=2 if quick else 5,
+                          eval_prompts=len(held_prompts), checkpoint_every=10_000)
+    rows_ppo: list[dict] = []
+
+    class Log:  # collects PPO's metrics rows in memory (no run dir)
+        def log(self, m, step):
+            rows_ppo.append({"step": step, **m})
+
+        def latest_checkpoint(self):
+            return None
+
+        def save_checkpoint(self, *a, **k):
+            return None
+
+    eval_reps = held_prompts * (1 if quick else 4)
+    with Timer() as t_ppo:
+        ppo = train_ppo(pcfg, work / "sft", work / "reward", train_prompts, eval_reps, work / "ppo", Log(),
+                        seed=0, log=print)
+    curve = [{"iteration": r["step"], "gold": r["eval_gold_reward"], "proxy": r["eval_proxy_reward"],
+              "kl": r["eval_kl"]} for r in rows_ppo if "eval_gold_reward" in r]
+    best = max(curve, key=lambda c: c["gold"])
+    info["ppo"] = {**ppo, "seconds": t_ppo.seconds, "curve": curve, "best": best,
+                   "overoptimisation_after_kl": best["kl"] if best is not curve[-1] else None}
+
+    # 4. TRL RLOO on the same model, prompts, reward and completions per step
+    peer = run_rloo(work, train_prompts, pcfg, budget_s=t_ppo.seconds, quick=quick)
+    if peer.get("model_dir"):
+        ev = evaluate_policy(Path(peer["model_dir"]), held_prompts, work / "sft", work / "reward",
+                             samples_per_prompt=1 if quick else 4, max_new_tokens=max_new)
+        peer.update(gold=ev["gold_reward"], kl=ev["kl_to_reference"], proxy=ev["proxy_reward"])
+    info["rloo"] = peer
+
+    # 5. DPO baseline (same preference set)
+    if not args.no_dpo:
+        from rlhf.dpo import DPOStageConfig, train_dpo
+
+        with Timer() as t:
+            train_dpo(DPOStageConfig(epochs=1 if quick else 2), work / "sft", train_pairs, work / "dpo")
+        ev = evaluate_policy(work / "dpo", held_prompts, work / "sft", work / "reward",
+                             samples_per_prompt=1 if quick else 4, max_new_tokens=max_new)
+        info["dpo"] = {"seconds": t.seconds, "gold": ev["gold_reward"], "kl": ev["kl_to_reference"],
+                       "proxy": ev["proxy_reward"]}
+
+    sft_gold = curve[0]["gold"]
+    final = curve[-1]
+    rows = [
+        {"system": "SFT prior", "iteration_s": None, "wall_s": None, "gold": sft_gold, "kl": 0.0,
+         "proxy": curve[0]["proxy"], "gold/min": None},
+        {"system": "PPO final", "iteration_s": ppo.get("iteration_s"), "wall_s": t_ppo.seconds,
+         "gold": final["gold"], "kl": final["kl"], "proxy": final["proxy"],
+         "gold/min": (final["gold"] - sft_gold) / (t_ppo.seconds / 60)},
+        {"system": f"PPO best@{best['iteration']}", "iteration_s": None, "wall_s": None,
+         "gold": best["gold"], "kl": best["kl"], "proxy": best["proxy"], "gold/min": None},
+    ]
+    if "gold" in peer:
+        rows.append({"system": "TRL RLOO", "iteration_s": peer["iteration_s"], "wall_s": peer["wall_s"],
+                     "gold": peer["gold"], "kl": peer["kl"], "proxy": peer["proxy"],
+                     "gold/min": (peer["gold"] - sft_gold) / (peer["wall_s"] / 60)})
+    else:
+        rows.append({"system": "TRL RLOO", "note": peer.get("error", "did not run")})
+    if "dpo" in info:
+        rows.append({"system": "TRL DPO", "wall_s": info["dpo"]["seconds"],
+                     "gold": info["dpo"]["gold"], "kl": info["dpo"]["kl"], "proxy": info["dpo"]["proxy"]})
+    print_table([{"metric": "reward model held-out accuracy", "value": rm["heldout_accuracy"]},
+                 {"metric": "gold Bayes-optimal accuracy (same pairs)", "value": rm["bayes_optimal_accuracy"]},
+                 {"metric": "gap (points)", "value": 100 * rm["accuracy_gap"]},
+                 {"metric": "held-out pairs", "value": rm["heldout_pairs"]}],
+                ["metric", "value"], title="Reward model vs the gold's Bayes-optimal accuracy")
+    print_table(curve, ["iteration", "gold", "proxy", "kl"], title="PPO on held-out prompts: gold vs KL")
+    print_table(rows, ["system", "iteration_s", "wall_s", "gold", "kl", "proxy", "gold/min", "note"],
+                title=f"RLHF policies on {len(held_prompts)} held-out prompts (gold max {gold_max():.1f})")
+    path = write_results("rlhf", rows, args.out, details=info)
+    print(f"results: {path}")
+
+
+def gold_max() -> float:
+    from rlhf.gold import MAX_SCORE
+
+    return MAX_SCORE
+
+
+def run_rloo(work: Path, train_prompts: list[str], pcfg, budget_s: float, quick: bool) -> dict:
+    """TRL's RLOOTrainer for about ``budget_s`` seconds; the same reward model and penalty."""
+    import json as _json
+
+    try:
+        import datasets
+        from transformers import TrainerCallback
+        from trl import RLOOConfig, RLOOTrainer
+
+        from rlhf.models import load_policy, load_reward_model, quiet_trainer, trainer_device_args
+        from rlhf.reward import score_texts
+    except ImportError as exc:
+        return {"error": f"TRL RLOOTrainer unavailable: {exc}"}
+    policy, tok = load_policy(work / "sft")
+    rm, _ = load_reward_model(work / "reward")
+    offset = _json.loads((work / "reward" / "reinforge.json").read_text())["reward_offset"]
+    eos = tok.eos_token_id
+
+    def reward_fn(prompts, completions, completion_ids, **kw):
+        texts = [p + " " + tok.decode(c).strip() for p, c in zip(prompts, completion_ids)]
+        s = score_texts(rm, tok, texts, offset)
+        return [float(x) - pcfg.missing_eos_penalty * (not c or c[-1] != eos) for x, c in zip(s, completion_ids)]
+
+    class Budget(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = self.t0 or time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if time.perf_counter() - self.t0 > budget_s:
+                control.should_training_stop = True
+
+    gens = 4
+    cfg = RLOOConfig(output_dir=str(work / "rloo-trainer"), per_device_train_batch_size=pcfg.batch_size,
+                     num_generations=gens, max_completion_length=pcfg.max_new_tokens, temperature=1.0, top_k=0,
+                     top_p=1.0, beta=pcfg.kl_coef, learning_rate=pcfg.learning_rate, max_steps=10_000,
+                     logging_steps=1, seed=0, **trainer_device_args("auto"))
+    ds = datasets.Dataset.from_dict({"prompt": train_prompts * 50})
+    try:
+        budget = Budget()
+        trainer = RLOOTrainer(model=policy, reward_funcs=reward_fn, args=cfg, train_dataset=ds, processing_class=tok,
+                              callbacks=[budget])
+        quiet_trainer(trainer)
+        t0 = time.perf_counter()
+        res = trainer.train()
+        wall = time.perf_counter() - t0
+    except Exception as exc:  # report, do not fake a number
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return {"error": f"RLOOTrainer failed here: {type(exc).__name__}: {first}"}
+    out = work / "rloo"
+    trainer.model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    steps = max(1, res.global_step)
+    return {"model_dir": str(out), "steps": res.global_step, "wall_s": wall, "iteration_s": wall / steps,
+            "completions_per_step": pcfg.batch_size}
+
+
+if __name__ == "__main__":
+    main()
