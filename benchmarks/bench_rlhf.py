@@ -15,7 +15,6 @@ RLOOTrainer side by side in one run.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ def main() -> None:
         (("--no-dpo",), {"action": "store_true", "help": "skip the DPO baseline"}),
         (("--files",), {"default": "kinder0", "help": "comma-separated Essen files"}),
     ])
-    import numpy as np
 
     from cluster.runtime import connect
     from cluster.seeding import seed_everything

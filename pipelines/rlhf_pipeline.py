@@ -202,15 +202,16 @@ def run_ppo(exp: RLHFPPOExperiment, run_dir) -> dict[str, Any]:
         reward_dir, _ = resolve_artifact(
             _need(exp.inputs.reward, "--reward", "a reward-model run dir from `reinforge rlhf reward`"),
             ("reward",), "--reward")
-    if (done := _done(run_dir)) is not None:
-        return done
+    if (done := _done(run_dir)) is not None and done.get("iterations", 0) >= exp.ppo.iterations:
+        return done  # finished; a --resume with more ppo.iterations continues from the last checkpoint
     data = _load_data(exp.data)
     bars = exp.data.prompt_bars
     metrics = train_ppo(exp.ppo, sft_dir, reward_dir, prompts(data["train"], bars),
                         prompts(data["validation"], bars, exp.ppo.eval_prompts), run_dir.path / "model", run_dir,
                         exp.run.seed, exp.run.device, log=print)
-    run_dir.plot("gold_vs_kl", ["eval_gold_reward", "eval_proxy_reward"], x="eval_kl",
-                 title="PPO: held-out gold and proxy reward vs KL to the SFT prior")
+    from rlhf.evaluate import plot_gold_vs_kl
+
+    plot_gold_vs_kl(run_dir.read_metrics(), run_dir.plots / "gold_vs_kl.png")
     run_dir.plot("ppo_training", ["proxy_reward", "gold_reward", "kl", "entropy", "clip_fraction", "value_loss"],
                  title="PPO training batches")
     metrics["model"] = str(run_dir.path / "model")

@@ -40,7 +40,7 @@ def train_dpo(cfg: DPOStageConfig, sft_dir: Path, pairs, out_dir: Path, run_dir=
               device: str = "auto") -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
-    from rlhf.models import load_policy, run_dir_callback, save_artifact, quiet_trainer, trainer_device_args
+    from rlhf.models import load_policy, quiet_trainer, run_dir_callback, save_artifact, trainer_device_args
 
     model, tok = load_policy(sft_dir, "--sft")
     ref, _ = load_policy(sft_dir, "--sft")

@@ -63,3 +63,36 @@ def evaluate_policy(model_dir: Path, prompts: list[str], ref_dir: Path | None = 
                                  "KL needs the same vocabulary")
         out["kl_to_reference"] = float(kl_to_reference(policy, ref, tok, reps, comps).mean())
     return out
+
+
+def plot_gold_vs_kl(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """The over-optimisation curve: held-out gold (and proxy) reward against KL to the prior,
+    one point per evaluation, labelled with its PPO iteration (KL estimates are noisy, so
+    points are not joined in KL order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if "eval_gold_reward" in r and "eval_kl" in r]
+    if not pts:
+        return None
+    kl = [r["eval_kl"] for r in pts]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(kl, [r["eval_gold_reward"] for r in pts], "o-", color="tab:green", alpha=0.8, label="gold (hidden)")
+    for r in pts:
+        ax.annotate(str(r["step"]), (r["eval_kl"], r["eval_gold_reward"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("KL(pi || pi_SFT) per sequence, held-out prompts")
+    ax.set_ylabel("gold reward", color="tab:green")
+    ax2 = ax.twinx()
+    ax2.plot(kl, [r.get("eval_proxy_reward", float("nan")) for r in pts], "s--", color="tab:blue", alpha=0.6,
+             label="proxy (reward model)")
+    ax2.set_ylabel("proxy reward", color="tab:blue")
+    ax.set_title("PPO: gold vs proxy reward along KL (labels: iteration)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -127,7 +127,7 @@ def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pai
     """Train on ``train_pairs``, centre on ``centre_texts`` (SFT samples), evaluate, save."""
     from trl import RewardConfig, RewardTrainer
 
-    from rlhf.models import run_dir_callback, save_artifact, quiet_trainer, trainer_device_args
+    from rlhf.models import quiet_trainer, run_dir_callback, save_artifact, trainer_device_args
 
     model, tok = reward_model_from_sft(sft_dir)
     train_tok = tokenize_pairs(train_pairs, tok)

@@ -59,7 +59,7 @@ def train_sft(cfg: SFTStageConfig, data, out_dir: Path, run_dir=None, seed: int 
     """Fine-tune on ``data`` (a DatasetDict with ``text``), save the artifact to ``out_dir``."""
     from trl import SFTConfig, SFTTrainer
 
-    from rlhf.models import run_dir_callback, save_artifact, quiet_trainer, trainer_device_args
+    from rlhf.models import quiet_trainer, run_dir_callback, save_artifact, trainer_device_args
 
     max_len = max(len(t.split()) for t in data["train"]["text"])
     model, tok = build_model(cfg, max_len)

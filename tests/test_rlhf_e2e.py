@@ -98,11 +98,11 @@ def test_wrong_artifacts_are_refused_in_one_line(sft_run, cli, cache, tmp_path):
 def test_ppo_raises_a_toy_reward_within_a_few_iterations(sft_run, ray_session, cache, monkeypatch):
     """reward = number of 'd0.5' tokens in the completion: PPO must raise it."""
     import numpy as np
+    from transformers import AutoModelForSequenceClassification
 
     from rlhf.melody import MelodyDataConfig, load_melodies, prompts
-    from rlhf.ppo import PPOLearner, PPOStageConfig
     from rlhf.models import limit_threads, load_policy
-    from transformers import AutoModelForSequenceClassification
+    from rlhf.ppo import PPOLearner, PPOStageConfig
 
     monkeypatch.setenv("REINFORGE_CACHE", cache["REINFORGE_CACHE"])
     limit_threads()

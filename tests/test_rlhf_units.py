@@ -13,7 +13,14 @@ import torch
 from cluster.errors import ConfigError, ReinforgeError
 from rlhf import gold
 from rlhf.melody import MelodyDataConfig, build_tokenizer, load_melodies, parse_tokens, split_prompt
-from rlhf.ppo import AdaptiveKLController, clipped_surrogate, clipped_value_loss, gae, kl_penalized_rewards, whiten
+from rlhf.ppo import (
+    AdaptiveKLController,
+    clipped_surrogate,
+    clipped_value_loss,
+    gae,
+    kl_penalized_rewards,
+    whiten,
+)
 from rlhf.raters import bayes_optimal_accuracy, load_preferences, preference_probability
 from rlhf.reward import bradley_terry_loss, bt_accuracy
 
