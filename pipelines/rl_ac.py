@@ -35,7 +35,8 @@ def run(exp: ACExperiment, run_dir) -> dict[str, Any]:
     if exp.rl.backend == "rllib":
         from rl.rllib_backend import train as train_rllib
 
-        result = train_rllib(exp.env, exp.rollout, exp.rl, run_dir, seed=exp.run.seed, device=exp.run.device)
+        result = train_rllib(exp.env, exp.rollout, exp.rl, run_dir, seed=exp.run.seed, device=exp.run.device,
+                             keep_checkpoints=exp.run.keep_checkpoints)
     else:
         from rl.ac_train import train
 
@@ -58,34 +59,43 @@ def run(exp: ACExperiment, run_dir) -> dict[str, Any]:
 
 
 def load_policy(path: str | Path, experiment: ACExperiment):
-    """The actor-critic network of a run's latest checkpoint (native or RLlib backend)."""
+    """``(obs batch -> logits, checkpoint)`` from a run's latest checkpoint (native or RLlib)."""
+    import torch
+
     from cluster.checkpoint import load_checkpoint
     from rl.actor_critic import build_actor_critic
     from rl.envs import make_env
 
     ckpt = load_checkpoint(path)
+    if experiment.rl.backend == "rllib":
+        from rl.rllib_backend import load_rllib_policy
+
+        return load_rllib_policy(ckpt, experiment.env, experiment.rollout, experiment.rl), ckpt
     probe = make_env(experiment.env, seed=0, training=False)
     cfg = ACConfig(**{**experiment.rl.__dict__, "init_encoder": None})  # weights come from the checkpoint
     model = build_actor_critic(probe.observation_space, probe.action_space, cfg)
     probe.close()
     model.load_state_dict(ckpt.objects["model"])
-    return model.eval(), ckpt
+    model.eval()
+
+    def logits(obs):
+        with torch.no_grad():
+            return model(torch.as_tensor(obs))[0].numpy()
+
+    return logits, ckpt
 
 
 def evaluate(run_path: str | Path, experiment: ACExperiment, episodes: int, epsilon: float | None = None,
              video: bool = False, seed: int = 0) -> dict[str, Any]:
     """Play whole games with the greedy policy (argmax of the logits; epsilon-greedy if asked)
     from the latest checkpoint, on the raw game score with no-op starts."""
-    import torch
-
     from rl.evaluation import evaluate_policy
 
-    model, ckpt = load_policy(run_path, experiment)
+    logits, ckpt = load_policy(run_path, experiment)
     eps = experiment.rl.eval_epsilon if epsilon is None else epsilon
     video_dir = Path(run_path) / "videos" if video and Path(run_path).is_dir() else None
-    with torch.no_grad():
-        out = evaluate_policy(experiment.env, lambda o: model(torch.as_tensor(o))[0].numpy(), episodes, epsilon=eps,
-                              seed=seed, video_dir=video_dir, max_steps=experiment.rl.eval_max_steps)
+    out = evaluate_policy(experiment.env, logits, episodes, epsilon=eps, seed=seed, video_dir=video_dir,
+                          max_steps=experiment.rl.eval_max_steps)
     out["checkpoint"] = str(ckpt.path)
     out["step"] = ckpt.step
     return out

@@ -15,18 +15,19 @@ rather than the value prediction (``clip_value`` maps to that, or to no clipping
 than in the shared torso, and its ``episode_return_mean`` is per life-loss episode of the
 clipped reward (for Pong the same as the game score; for games with lives it is not).
 
-Checkpoints: RLlib's own format under ``RUN_DIR/rllib/`` (``algo.save_to_path``); a resumed
-run restores it with ``algo.restore_from_path``.
+Checkpoints: the RLModule's weights in reinforge's safetensors format (``rllib_module`` in
+``checkpoints/step_*``), never RLlib's own checkpoints, which always pickle; ``rl eval``
+rebuilds the module from the config and loads them. ``--resume`` is refused for this backend
+(restoring RLlib's optimizer state and counters would need its pickled checkpoints).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
-from cluster.errors import ReinforgeError
+from cluster.errors import CheckpointError, ReinforgeError
 from rl.actor_critic import ACConfig
 
 RLLIB_VF_CLIP = 10.0  # RLlib clips the value *loss* at this (its default), not the prediction
@@ -129,28 +130,61 @@ def metrics_row(result: dict[str, Any], steps_at_start: int, t_start: float, ite
     }
 
 
-def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: str = "auto",
+          keep_checkpoints: int = 3) -> dict[str, Any]:
+    if run_dir.latest_checkpoint() is not None:
+        raise ReinforgeError("--resume is supported by the native backend only (RLlib's own checkpoints pickle); "
+                             "start a new run with --backend rllib")
     algo = build_config(env_cfg, rollout_cfg, cfg, seed, device).build_algo()
-    ckpt_dir = Path(run_dir.path) / "rllib"
+
+    def save(env_steps: int) -> None:
+        # the env runners' inference-only module (policy + what acting needs), synced after every update
+        run_dir.save_checkpoint(env_steps, {"rllib_module": algo.get_module().state_dict(),
+                                            "state": {"env_steps": env_steps, "backend": "rllib"}},
+                                keep=keep_checkpoints)
+
     try:
-        if (ckpt_dir / "algorithm_state.pkl").exists() or (ckpt_dir / "rllib_checkpoint.json").exists():
-            algo.restore_from_path(str(ckpt_dir.resolve()))  # RLlib's own checkpoint, written by this run
         t_start = time.perf_counter()  # after build_algo: env-runner start-up is not counted
-        row: dict[str, Any] = {}
-        steps_at_start = last_ckpt = int(run_dir.read_metrics()[-1].get("env_steps", 0)) if run_dir.read_metrics() else 0
-        while True:
+        row: dict[str, Any] = {"env_steps": 0}
+        last_ckpt = 0
+        while row["env_steps"] < cfg.total_steps:
             t0 = time.perf_counter()
             result = algo.train()
-            row = metrics_row(result, steps_at_start, t_start, time.perf_counter() - t0)
+            row = metrics_row(result, 0, t_start, time.perf_counter() - t0)
             run_dir.log(row, step=row["env_steps"])
             if cfg.checkpoint_every and row["env_steps"] - last_ckpt >= cfg.checkpoint_every:
-                algo.save_to_path(str(ckpt_dir.resolve()))
+                save(row["env_steps"])
                 last_ckpt = row["env_steps"]
-            if row["env_steps"] >= cfg.total_steps:
-                break
-        algo.save_to_path(str(ckpt_dir.resolve()))
+        save(row["env_steps"])
     finally:
         algo.stop()
     return {"env_steps": row.get("env_steps", 0), "updates": row.get("updates", 0),
             "episode_return_mean": row.get("episode_return_mean", float("nan")),
             "env_steps_per_s": row.get("env_steps_per_s", float("nan"))}
+
+
+def load_rllib_policy(ckpt, env_cfg, rollout_cfg, cfg: ACConfig):
+    """``obs batch (reinforge layout) -> logits`` from an RLlib-backend checkpoint's module weights."""
+    import numpy as np
+    import torch
+
+    from rl.envs import is_atari
+
+    if "rllib_module" not in ckpt.objects:
+        raise CheckpointError(f"{ckpt.path} holds no RLlib module weights; was this run trained with --backend rllib?")
+    env = make_rllib_env(env_cfg)
+    module = build_config(env_cfg, rollout_cfg, cfg, device="cpu").get_rl_module_spec(env=env, inference_only=True).build()
+    env.close()
+    module.load_state_dict(ckpt.objects["rllib_module"])
+    module.eval()
+    atari = is_atari(env_cfg.id)
+
+    def logits(obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs)
+        if atari:  # reinforge frames (N, C, H, W) uint8 -> RLlib's (N, H, W, C) in [-1, 1]
+            x = np.moveaxis(x, 1, -1).astype(np.float32) / 128.0 - 1.0
+        with torch.no_grad():
+            out = module.forward_inference({"obs": torch.as_tensor(x, dtype=torch.float32)})
+        return out["action_dist_inputs"].numpy()
+
+    return logits

@@ -163,11 +163,15 @@ def test_rllib_backend_runs_and_writes_the_same_metrics(ray_session, tmp_path):
     ], extra={"run": {"run_dir": str(run)}})
     _, result = execute(resolved)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "policy_loss" in r]  # training rows (the last one is the final eval)
     assert len(rows) >= 2 and rows[-1]["env_steps"] >= 1500
     assert SHARED_KEYS <= set(rows[-1])
     assert np.isfinite(rows[-1]["policy_loss"]) and rows[-1]["episode_return_mean"] > 0
     assert (run / "plots" / "episode_return.png").is_file()
     assert result["env_steps_per_s"] > 0
+    # its checkpoint is the RLModule's weights as safetensors (no RLlib pickles); eval rebuilds it
+    assert np.isfinite(result["eval_mean_return"]) and result["eval_mean_return"] >= 8
+    assert not (run / "rllib").exists()
 
 
 def test_rllib_backend_refuses_a2c():
