@@ -120,16 +120,16 @@ class ActorCritic(nn.Module):
 
     def distribution(self, obs: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
         logits, value = self(obs)
-        return Categorical(logits=logits), value
+        return Categorical(logits=logits, validate_args=False), value
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray, greedy: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample (or argmax) actions for a batch of observations: ``(action, logprob, value)``."""
         dist, value = self.distribution(self._tensor(obs))
         action = dist.probs.argmax(-1) if greedy else dist.sample()
         return action.cpu().numpy(), dist.log_prob(action).cpu().numpy(), value.cpu().numpy()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def values(self, obs: np.ndarray) -> np.ndarray:
         return self(self._tensor(obs))[1].cpu().numpy()
 
