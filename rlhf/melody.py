@@ -226,7 +226,16 @@ def parse_file(path: Path, max_songs: int | None = None) -> list[dict[str, Any]]
     """All monophonic songs of one corpus file as {"id", "title", "mode", "text"} rows."""
     from music21 import converter, stream
 
-    parsed = converter.parse(str(path))
+    if max_songs and path.suffix == ".abc":  # parse only the first tunes: music21 parses a whole file at once
+        import re
+
+        text = path.read_text(encoding="utf-8", errors="replace")
+        starts = [m.start() for m in re.finditer(r"^X:", text, flags=re.M)]
+        if len(starts) > max_songs:
+            text = text[: starts[max_songs]]
+        parsed = converter.parse(text, format="abc")
+    else:
+        parsed = converter.parse(str(path))
     scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
     rows = []
     for i, score in enumerate(scores[: max_songs or None]):
