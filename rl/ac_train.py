@@ -79,9 +79,7 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
             group.put_weights(model.state_dict())  # one ray.put, shared by every worker
-            failures = group.failures
             segments = group.sample(cfg.rollout_length)
-            failed = group.failures - failures
             if not segments:
                 raise ReinforgeError("every rollout worker died in this iteration; "
                                      "check memory (fewer rollout.envs_per_worker) or raise rollout.max_restarts")
@@ -106,7 +104,7 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
                     "episodes_seen": len(recent),
                     "explained_variance": explained_variance(batch["values"], batch["returns"]),
                     "env_steps_per_s": env_steps_per_s(env_steps - steps_at_start, t_start),
-                    "iteration_s": dt, "rollout_s": t_roll, "workers_failed": failed, **stats,
+                    "iteration_s": dt, "rollout_s": t_roll, "workers_failed": group.failures, **stats,
                 }
                 run_dir.log(row, step=env_steps)
             if cfg.checkpoint_every and env_steps - last_ckpt >= cfg.checkpoint_every:

@@ -132,8 +132,28 @@ def test_ppo_solves_cartpole_with_two_rollout_actors_and_evals_from_cli(cli, tmp
 
 
 @pytest.mark.slow
-def test_a2c_learns_cartpole_and_resumes_from_checkpoint(ray_session, tmp_path):
+def test_a2c_learns_cartpole_resumes_and_survives_a_killed_actor(ray_session, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import rl.rollout
     from pipelines.registry import execute, resolve
+
+    groups = []
+    original_init = rl.rollout.RolloutGroup.__init__
+
+    def spy(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        groups.append(self)
+
+    monkeypatch.setattr(rl.rollout.RolloutGroup, "__init__", spy)
+    killed = []
+
+    def kill_one_actor(row):  # SIGKILL one rollout actor's process mid-run (second phase)
+        if len(groups) == 2 and not killed and row.get("updates", 0) >= 120:
+            pid = groups[-1].worker_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
     run = tmp_path / "a2c"
     first = resolve(preset="a2c-cartpole", overrides=["rl.total_steps=12000", "rl.eval_episodes=0"],
@@ -144,11 +164,13 @@ def test_a2c_learns_cartpole_and_resumes_from_checkpoint(ray_session, tmp_path):
     # resume: same run dir, more steps; counters and optimizer continue from the checkpoint
     again = resolve(config_file=str(run / "config.yaml"), overrides=["rl.total_steps=30000", "rl.eval_episodes=10"],
                     extra={"run": {"run_dir": str(run)}})
-    _, r2 = execute(again, resume=str(run))
+    _, r2 = execute(again, resume=str(run), listeners=[kill_one_actor])
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r["env_steps"] for r in rows if "policy_loss" in r]
     assert steps == sorted(steps) and steps[0] < steps_after_first < steps[-1]
-    assert r2["updates"] > r1["updates"]
+    assert r2["updates"] > r1["updates"] and r2["env_steps"] >= 30000
+    last_train = [r for r in rows if "policy_loss" in r][-1]
+    assert killed and last_train["workers_failed"] >= 1  # detected, skipped, restarted (a cumulative count)
     assert r2["eval_mean_return"] >= 100, r2  # random play scores about 22
 
 
