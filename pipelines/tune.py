@@ -46,8 +46,14 @@ AUTO_METRICS = ("step", "training_iteration", "time_total_s", "time_this_iter_s"
 # instead define REPORTED_METRICS (names) and TUNE_METRIC ((name, "min"|"max"), the default).
 KNOWN_METRICS: dict[str, tuple[str, ...]] = {
     "demo": ("pi_estimate", "abs_error", "samples", "distinct_worker_seeds"),
+    "rl-dqn": ("env_steps", "updates", "games", "episode_return", "epsilon", "steps_per_sec", "replay_size",
+               "worker_failures", "loss", "q_mean", "grad_norm", "eval_return", "eval_std", "human_normalized"),
 }
-DEFAULT_METRIC: dict[str, tuple[str, str]] = {"demo": ("abs_error", "min")}
+DEFAULT_METRIC: dict[str, tuple[str, str]] = {
+    "demo": ("abs_error", "min"),
+    "rl-dqn": ("episode_return", "max"),
+    "rl-ac": ("episode_return_mean", "max"),
+}
 
 
 class SweepInterrupted(ReinforgeError):
@@ -231,6 +237,14 @@ class Plan:
     metric: str
     mode: str
     bundles: list[dict[str, float]]  # the trial's placement group: driver first, then its actors
+    outside: dict[str, float] = field(default_factory=dict)  # e.g. Ray Train workers (own group)
+
+    def per_trial(self) -> dict[str, float]:
+        need: dict[str, float] = {}
+        for b in [*self.bundles, self.outside]:
+            for k, v in b.items():
+                need[k] = need.get(k, 0.0) + float(v)
+        return need
 
     @property
     def experiment_dir(self) -> Path:
@@ -266,7 +280,27 @@ def actor_bundles(pipeline: str, experiment: Any) -> list[dict[str, float]]:
         return [dict(b) for b in fn(experiment)]
     if pipeline == "demo":
         return [{"CPU": 0.5}] * experiment.demo.num_actors
+    rollout = getattr(experiment, "rollout", None)  # rl-dqn, rl-ac: the rollout workers
+    if rollout is not None and hasattr(rollout, "num_workers") and hasattr(rollout, "cpus_per_worker"):
+        return [{"CPU": float(rollout.cpus_per_worker)}] * int(rollout.num_workers)
+    ppo = getattr(experiment, "ppo", None)  # rlhf-ppo: rollout workers + the scorer
+    if ppo is not None and hasattr(ppo, "num_rollout_workers") and hasattr(ppo, "actor_cpus"):
+        return [{"CPU": float(ppo.actor_cpus)}] * (int(ppo.num_rollout_workers) + 1)
     return []
+
+
+def outside_resources(pipeline: str, experiment: Any) -> dict[str, float]:
+    """Resources a trial uses outside its placement group: Ray Train's workers (Train places them
+    in a group of its own; groups do not nest). Tune cannot see them, so the sweep limits how many
+    trials run at once to what the cluster holds. A module may define ``tune_outside_resources``."""
+    fn = getattr(_pipeline_module(pipeline), "tune_outside_resources", None)
+    if callable(fn):
+        return {k: float(v) for k, v in fn(experiment).items()}
+    gen = getattr(experiment, "gen", None)
+    if pipeline == "gen" and gen is not None:  # TorchTrainer: workers x (1 CPU [+ 1 GPU])
+        n = max(int(getattr(gen, "workers", 1)), 1)
+        return {"CPU": float(n), **({"GPU": float(n)} if getattr(gen, "use_gpu", False) else {})}
+    return {}
 
 
 def plan_sweep(sweep: SweepConfig) -> Plan:
@@ -316,20 +350,34 @@ def plan_sweep(sweep: SweepConfig) -> Plan:
         sweep.name = f"{pipeline}-sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     bundles = [{"CPU": float(sweep.cpus_per_trial), **({"GPU": float(sweep.gpus_per_trial)} if sweep.gpus_per_trial else {})}]
     bundles += actor_bundles(pipeline, resolved.experiment)
-    return Plan(sweep, pipeline, base, specs, metric, mode, bundles)
+    return Plan(sweep, pipeline, base, specs, metric, mode, bundles, outside_resources(pipeline, resolved.experiment))
 
 
 def check_resources(plan: Plan, cluster: dict[str, float]) -> None:
     """Refuse a sweep whose single trial cannot fit on the cluster (it would wait forever)."""
-    need_gpu = sum(b.get("GPU", 0.0) for b in plan.bundles)
-    need_cpu = sum(b.get("CPU", 0.0) for b in plan.bundles)
+    need = plan.per_trial()
+    need_gpu, need_cpu = need.get("GPU", 0.0), need.get("CPU", 0.0)
     have_gpu, have_cpu = float(cluster.get("GPU", 0.0)), float(cluster.get("CPU", 0.0))
-    if need_gpu > have_gpu + 1e-9:
+    if plan.sweep.gpus_per_trial > have_gpu + 1e-9:
         raise ConfigError(f"--gpus-per-trial {plan.sweep.gpus_per_trial:g} but the cluster has {have_gpu:g} GPUs; "
                           "lower it (fractions like 0.5 share a GPU) or connect to a GPU cluster with --address")
+    if need_gpu > have_gpu + 1e-9:
+        raise ConfigError(f"one trial needs {need_gpu:g} GPUs (its driver and workers) but the cluster has "
+                          f"{have_gpu:g}; lower --gpus-per-trial or the pipeline's GPU workers")
     if need_cpu > have_cpu + 1e-9:
-        raise ConfigError(f"one trial needs {need_cpu:g} CPUs (driver {plan.sweep.cpus_per_trial:g} + its actors) "
-                          f"but the cluster has {have_cpu:g}; lower --cpus-per-trial or the pipeline's workers")
+        raise ConfigError(f"one trial needs {need_cpu:g} CPUs (driver {plan.sweep.cpus_per_trial:g} + its actors and "
+                          f"workers) but the cluster has {have_cpu:g}; lower --cpus-per-trial or the pipeline's workers")
+
+
+def concurrency_limit(plan: Plan, cluster: dict[str, float]) -> int | None:
+    """At most as many trials at once as the cluster holds when trials use resources Tune cannot
+    see (Train workers); otherwise Tune's own accounting suffices (None)."""
+    limit = plan.sweep.max_concurrent or None
+    if plan.outside:
+        need = plan.per_trial()
+        fits = min(int(float(cluster.get(k, 0.0)) // v) for k, v in need.items() if v > 0)
+        limit = max(1, min(limit or fits, fits))
+    return limit
 
 
 # --- the trainable ------------------------------------------------------------------------
@@ -340,13 +388,22 @@ class _TuneReporter:
     a checkpoint saved right after its row is reported together with it (one Tune iteration).
     """
 
-    def __init__(self):
+    def __init__(self, metric: str | None = None):
+        self.metric = metric
         self.pending: dict[str, Any] | None = None
         self.last: dict[str, Any] = {}
+        self.metric_value: Any = None
 
-    @staticmethod
-    def _clean(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in row.items() if k != "time"}
+    def _clean(self, row: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in row.items() if k != "time"}
+        # Rows differ (training rows, eval rows): carry the searched metric's latest value so
+        # every report after its first appearance has it (schedulers skip reports without it).
+        if self.metric:
+            if self.metric in out:
+                self.metric_value = out[self.metric]
+            elif self.metric_value is not None:
+                out[self.metric] = self.metric_value
+        return out
 
     def on_row(self, row: dict[str, Any]) -> None:
         from ray import tune
@@ -366,7 +423,7 @@ class _TuneReporter:
     def finish(self, result: dict[str, Any]) -> None:
         from ray import tune
 
-        final = {k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))}
+        final = self._clean({k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str, bool))})
         if self.pending is not None:
             tune.report({**self.pending, **final})
         elif final and any(self.last.get(k) != v for k, v in final.items()):
@@ -411,7 +468,7 @@ def _write_placement(run_dir: Path) -> None:
     (run_dir / "placement.json").write_text(json.dumps(info, indent=2))
 
 
-def make_trainable(pipeline: str, base: dict[str, Any]):
+def make_trainable(pipeline: str, base: dict[str, Any], metric: str | None = None):
     """A Tune function trainable running ``pipeline`` with ``base`` + the trial's sampled values."""
 
     def trainable(config: dict[str, Any]) -> None:
@@ -434,7 +491,7 @@ def make_trainable(pipeline: str, base: dict[str, Any]):
         run = resolved.experiment.run
         rd = RunDir(run_dir, config=resolved.to_dict(), seed=run.seed, device=run.device,
                     tensorboard=run.tensorboard, resume=checkpoint is not None)
-        reporter = _TuneReporter()
+        reporter = _TuneReporter(metric)
         rd.add_checkpoint_listener(reporter.on_checkpoint)
         _, result = execute(resolved, listeners=[reporter.on_row], run_dir=rd)
         reporter.finish(result)
@@ -461,7 +518,9 @@ def _tune_objects(plan: Plan, verbose: int):
     from ray import tune
 
     s = plan.sweep
-    trainable = tune.with_resources(make_trainable(plan.pipeline, plan.base),
+    # Rows without the metric (before a pipeline's first evaluation) are fine: schedulers skip them.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    trainable = tune.with_resources(make_trainable(plan.pipeline, plan.base, plan.metric),
                                     tune.PlacementGroupFactory(plan.bundles, strategy="PACK"))
     run_config = tune.RunConfig(
         name=s.name, storage_path=str(Path(s.storage_path).resolve()), verbose=verbose,
@@ -478,6 +537,7 @@ def write_plan(plan: Plan) -> Path:
     d = plan.experiment_dir
     d.mkdir(parents=True, exist_ok=True)
     doc = {"pipeline": plan.pipeline, "metric": plan.metric, "mode": plan.mode, "bundles": plan.bundles,
+           "outside": plan.outside,
            "sweep": cfg.to_dict(plan.sweep), "base": plan.base}
     (d / "sweep.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return d / "sweep.yaml"
@@ -492,7 +552,8 @@ def read_plan(experiment_dir: str | os.PathLike) -> Plan:
     sweep = cfg.from_dict(SweepConfig, doc["sweep"], prefix="sweep.")
     sweep.storage_path, sweep.name = str(d.resolve().parent), d.resolve().name
     specs = [parse_search(k, v) for k, v in sweep.search.items()]
-    return Plan(sweep, doc["pipeline"], doc["base"], specs, doc["metric"], doc["mode"], doc["bundles"])
+    return Plan(sweep, doc["pipeline"], doc["base"], specs, doc["metric"], doc["mode"], doc["bundles"],
+                doc.get("outside") or {})
 
 
 def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus: int | None = None):
@@ -502,7 +563,8 @@ def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus
 
     from cluster.runtime import connect
 
-    check_resources(plan, connect(address, num_cpus=num_cpus))
+    cluster = connect(address, num_cpus=num_cpus)
+    check_resources(plan, cluster)
     write_plan(plan)
     s = plan.sweep
     trainable, run_config = _tune_objects(plan, verbose)
@@ -510,8 +572,11 @@ def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus
         trainable,
         param_space={sp.key: sp.to_tune() for sp in plan.specs},
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=_scheduler(plan),
-                                    num_samples=s.num_samples, max_concurrent_trials=s.max_concurrent or None,
-                                    search_alg=BasicVariantGenerator(random_state=s.seed)),
+                                    num_samples=s.num_samples,
+                                    # the limit goes to the generator: Tune ignores max_concurrent_trials
+                                    # when a BasicVariantGenerator is passed in
+                                    search_alg=BasicVariantGenerator(max_concurrent=concurrency_limit(plan, cluster) or 0,
+                                                                     random_state=s.seed)),
         run_config=run_config,
     )
     return tuner.fit()
@@ -633,7 +698,7 @@ def report(plan: Plan, results, top: int | None = None) -> dict[str, Any]:
     """Print the table, write the plot and ``best.json``; refuse when every trial failed."""
     rows = summarize(plan, results)
     d = plan.experiment_dir
-    plot = plot_trials(plan, results, d / "plots" / f"{plan.metric}.png")
+    plot = plot_trials(plan, results, d / "plots" / f"{plan.metric.replace('/', '_')}.png")
     errors = [t for t in rows if t.status == "ERROR"]
     ok = [t for t in rows if t.status == "OK" and t.best is not None]
     summary = {"experiment_dir": str(d), "metric": plan.metric, "mode": plan.mode, "trials": len(rows),
@@ -654,7 +719,7 @@ def report(plan: Plan, results, top: int | None = None) -> dict[str, Any]:
         raise SweepInterrupted(f"sweep stopped with {unfinished} of {len(results)} trial(s) unfinished; "
                                f"continue it with: reinforge tune --resume {d}")
     if not ok:
-        first = errors[0].error if errors else "no trial reported the metric"
+        first = errors[0].error if errors else f"no trial reported the metric {plan.metric!r}"
         raise ReinforgeError(f"every trial failed ({first}); see the trial run dirs under {d}")
     print(f"best: {ok[0].trial} {plan.metric}={ok[0].best:.4g} {ok[0].params} -> {ok[0].run_dir}")
     return summary

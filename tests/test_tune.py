@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +177,24 @@ def test_pbt_exploits_through_checkpoints(ray_session, tmp_path):
         rows = [json.loads(x) for x in open(os.path.join(r.path, "run", "metrics.jsonl"))]
         resumed += [x["resumed_from"] for x in rows if x["resumed_from"] > 0] + [r.metrics.get("resumed_from", 0)]
     assert max(resumed) >= 4, "no trial continued from a checkpoint"
+
+
+@pytest.mark.slow
+def test_two_trial_asha_sweep_on_tiny_rl(ray_session, tmp_path):
+    """rl-dqn on CartPole: each trial holds its driver and its 2 rollout actors in its group."""
+    sweep = T.sweep_from_sources(
+        "ddqn-cartpole", None,
+        {"storage_path": str(tmp_path), "name": "rl", "scheduler": "asha", "cpus_per_trial": 0.5},
+        ["rl.learning_rate=grid(0.0005, 0.001)"],
+        ["rl.total_steps=1000", "rl.learning_starts=250", "rl.log_every=250", "rl.eval_episodes=0",
+         "rl.checkpoint_every=500", "rollout.cpus_per_worker=0.25", "run.tensorboard=false"])
+    plan = T.plan_sweep(sweep)
+    assert plan.pipeline == "rl-dqn" and (plan.metric, plan.mode) == ("episode_return", "max")
+    assert plan.bundles == [{"CPU": 0.5}, {"CPU": 0.25}, {"CPU": 0.25}]
+    results = T.run_sweep(plan, verbose=0)
+    summary = T.report(plan, results)
+    assert summary["trials"] == 2 and summary["errored"] == 0 and summary["best"] is not None
+    steps = sorted(r.metrics["env_steps"] for r in results)
+    assert steps[-1] >= 1000  # the best one ran to the end; ASHA may have stopped the other early
+    for r in results:
+        assert (Path(r.path) / "run" / "metrics.jsonl").is_file() and (Path(r.path) / "run" / "placement.json").is_file()

@@ -69,7 +69,8 @@ def handle(args: argparse.Namespace) -> int:
     sweep = tune.sweep_from_sources(args.target, file_layer, flags, args.search, args.overrides)
     plan = tune.plan_sweep(sweep)
     print(f"sweep {plan.sweep.name}: pipeline {plan.pipeline}, {plan.sweep.num_samples} sample(s), "
-          f"scheduler {plan.sweep.scheduler}, {plan.metric} ({plan.mode}), trial bundles {plan.bundles}")
+          f"scheduler {plan.sweep.scheduler}, {plan.metric} ({plan.mode}), trial bundles {plan.bundles}"
+          + (f" + outside its group {plan.outside} (limits concurrency)" if plan.outside else ""))
     for spec in plan.specs:
         print(f"  search {spec}")
     if args.dry_run:
