@@ -87,8 +87,7 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
             for seg in segments:
                 recent.extend(seg["game_returns"])
                 recent_len.extend(seg["game_lengths"])
-                with torch.no_grad():
-                    seg["last_values"] = model.values(seg["last_obs"])
+                seg["last_values"] = model.values(seg["last_obs"])  # V(s_T) for bootstrapping, same weights
             batch = flatten_rollouts(segments, cfg.gamma, cfg.gae_lambda)
             model.train()
             stats = update(model, optimizer, batch, cfg, dev, generator)
