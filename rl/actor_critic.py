@@ -85,9 +85,12 @@ class ACConfig:
         """The rollout (T x envs) must split into equal minibatches."""
         batch = self.rollout_length * num_envs
         if self.algo == "ppo" and batch % self.num_minibatches:
+            fits = [d for d in range(1, min(batch, 64) + 1) if batch % d == 0]
+            near = min(fits, key=lambda d: abs(d - self.num_minibatches))
             raise ConfigError(
                 f"rollout of {batch} steps (rl.rollout_length={self.rollout_length} x {num_envs} envs) does not "
-                f"divide into rl.num_minibatches={self.num_minibatches}; choose values whose product divides evenly"
+                f"divide into rl.num_minibatches={self.num_minibatches}; use e.g. rl.num_minibatches={near} "
+                "or change rl.rollout_length"
             )
 
 
