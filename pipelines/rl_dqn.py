@@ -21,11 +21,12 @@ class DQNExperiment:
     rl: DQNConfig = field(default_factory=DQNConfig)
 
     def validate(self) -> None:
-        from rl.dqn_learner import check_replay_memory
-        from rl.envs import check_env_id
+        from rl.dqn_learner import check_plan
+        from rl.envs import check_env_id, check_env_memory
 
         check_env_id(self.env.id)
-        check_replay_memory(self.rl, self.env)  # a too-big replay is refused at plan time
+        check_env_memory(self.env, self.rollout.num_workers * self.rollout.envs_per_worker)
+        check_plan(self.rl, self.env)  # CNN on vector obs, too-big replay: refused at plan time
 
 
 def run(exp: DQNExperiment, run_dir) -> dict[str, Any]:

@@ -39,19 +39,29 @@ def net_spec(cfg: DQNConfig) -> dict[str, Any]:
             "head_hidden": cfg.head_hidden}
 
 
-def frame_bytes(env_cfg: EnvConfig) -> int:
-    """Bytes of one stored frame: an 84x84 uint8 screen for Atari, the whole obs otherwise."""
+def observation_space(env_cfg: EnvConfig):
+    """The workers' observation space, known before any actor starts (Atari: from the config;
+    other ids: a throwaway env)."""
+    import gymnasium as gym
+
     if is_atari(env_cfg.id):
-        return env_cfg.screen_size * env_cfg.screen_size
+        size = env_cfg.screen_size
+        return gym.spaces.Box(0, 255, (env_cfg.frame_stack, size, size), np.uint8)
     env = make_env(env_cfg, training=False)
     space = env.observation_space
     env.close()
-    return int(np.prod(space.shape)) * np.dtype(space.dtype).itemsize
+    return space
 
 
-def check_replay_memory(cfg: DQNConfig, env_cfg: EnvConfig) -> None:
-    """Refuse a replay memory that cannot fit in free RAM, before any actor starts."""
-    _check_replay_memory(cfg, frame_bytes(env_cfg))
+def check_plan(cfg: DQNConfig, env_cfg: EnvConfig) -> None:
+    """Plan-time refusals (before any actor starts): the torso fits the observations and the
+    replay memory fits in free RAM."""
+    from rl.networks import make_torso
+
+    space = observation_space(env_cfg)
+    make_torso(space, cfg.torso, tuple(cfg.hidden) if cfg.hidden else (256, 256))
+    shape = space.shape[1:] if is_atari(env_cfg.id) and len(space.shape) == 3 else space.shape
+    _check_replay_memory(cfg, int(np.prod(shape)) * np.dtype(space.dtype).itemsize)
 
 
 def _check_replay_memory(cfg: DQNConfig, frame_bytes: int) -> None:
@@ -86,7 +96,7 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
     torch.manual_seed(seed)
     spec = net_spec(cfg)
     check_env_id(env_cfg.id)
-    check_replay_memory(cfg, env_cfg)  # refuse before any actor starts
+    check_plan(cfg, env_cfg)  # refuse before any actor starts
     group = RolloutGroup(env_cfg, roll_cfg, "rl.dqn:QPolicy",
                          {"net": spec, "exploration": cfg.exploration, "apex_base": cfg.apex_base,
                           "apex_alpha": cfg.apex_alpha}, seed=seed, newest_frame_only=True)
@@ -117,10 +127,12 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
                               cfg.prioritized, cfg.alpha, seed=seed)
         E = roll_cfg.envs_per_worker
         max_lag = max(16.0, roll_cfg.steps_per_sample * E * cfg.replay_ratio)
-        if dev.type == "cpu":  # leave the cores the workers reserved to them
+        if dev.type == "cpu":  # leave the cores the workers reserved to them (a fraction counts whole:
+            # intra-op threads that outnumber free cores spin and stall the update many times over)
             import os
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) - int(roll_cfg.num_workers * roll_cfg.cpus_per_worker)))
+            reserved = math.ceil(roll_cfg.num_workers * roll_cfg.cpus_per_worker)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - reserved))
         group.put_weights(online.state_dict())
 
         def epsilon() -> float:
