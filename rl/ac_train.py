@@ -33,14 +33,25 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
           keep_checkpoints: int = 3) -> dict[str, Any]:
     import torch
 
-    from cluster.checkpoint import load_checkpoint
     from cluster.runtime import select_device
-    from rl.envs import make_vector_env
-    from rl.rollout import RolloutGroup
 
+    threads = torch.get_num_threads()
     dev = select_device(device)
     if dev.type == "cpu":  # the cores the rollout actors do not hold (oversubscribing is far slower)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - int(rollout_cfg.num_workers * rollout_cfg.cpus_per_worker)))
+    try:
+        return _train(env_cfg, rollout_cfg, cfg, run_dir, seed, dev, keep_checkpoints)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting (tests and Tune trials share a process)
+
+
+def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_checkpoints: int) -> dict[str, Any]:
+    import torch
+
+    from cluster.checkpoint import load_checkpoint
+    from rl.envs import make_vector_env
+    from rl.rollout import RolloutGroup
+
     cfg.check_batch(rollout_cfg.num_workers * rollout_cfg.envs_per_worker)
     probe = make_vector_env(env_cfg, 1, seed=seed, training=True)
     obs_space, act_space = probe.single_observation_space, probe.single_action_space
