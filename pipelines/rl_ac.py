@@ -14,6 +14,13 @@ from rl.actor_critic import ACConfig
 from rl.envs import EnvConfig
 from rl.rollout import RolloutConfig
 
+# for `reinforge tune` (both backends log these names)
+REPORTED_METRICS = ("env_steps", "updates", "learning_rate", "episode_return_mean", "episode_length_mean",
+                    "explained_variance", "env_steps_per_s", "iteration_s", "policy_loss", "value_loss", "entropy",
+                    "approx_kl", "clip_fraction", "grad_norm", "epochs_run", "rollout_s", "workers_failed",
+                    "eval_mean_return", "eval_std_return")
+TUNE_METRIC = ("episode_return_mean", "max")
+
 
 @dataclass
 class ACExperiment:
