@@ -135,3 +135,12 @@ def test_uniform_sampling_is_uniform():
     used = counts[counts > 0]
     assert len(used) == 180  # 3 streams x 60 sampleable slots (the newest has no next obs)
     assert used.std() / used.mean() < 0.15
+
+
+def test_pong_presets_resolve_with_the_nature_settings():
+    from pipelines.registry import resolve
+
+    for name, algo in (("dqn-pong", "dqn"), ("ddqn-pong", "ddqn")):
+        exp = resolve(preset=name).experiment  # validate(): torso, replay size and env count checked
+        assert exp.env.id == "ALE/Pong-v5" and exp.rl.algo == algo
+        assert exp.rl.batch_size == 32 and exp.rl.replay_ratio == 0.25 and exp.rollout.queue_depth == 2
