@@ -219,3 +219,17 @@ def test_resume_of_a_finished_run_is_refused(tmp_path):
         train(EnvConfig(id="CartPole-v1"), RolloutConfig(num_workers=1, envs_per_worker=1), cfg, rd)
     rd.close()
     assert Path(rd.path / "checkpoints").is_dir()
+
+
+def test_init_encoder_loads_pretrained_torso_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from rl.networks import NatureCNN
+
+    torch.manual_seed(1)
+    pretrained = NatureCNN().state_dict()
+    (tmp_path / "encoder").mkdir()
+    save_file({k: v.contiguous() for k, v in pretrained.items()}, str(tmp_path / "encoder" / "torso.safetensors"))
+    model = build_actor_critic(ATARI_OBS, gym.spaces.Discrete(4), ACConfig(init_encoder=str(tmp_path)))
+    for k, v in model.torso.state_dict().items():
+        assert torch.equal(v, pretrained[k]), k
