@@ -571,7 +571,7 @@ def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus
     tuner = tune.Tuner(
         trainable,
         param_space={sp.key: sp.to_tune() for sp in plan.specs},
-        tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=_scheduler(plan),
+        tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=_scheduler(plan), reuse_actors=True,
                                     num_samples=s.num_samples,
                                     # the limit goes to the generator: Tune ignores max_concurrent_trials
                                     # when a BasicVariantGenerator is passed in
