@@ -308,10 +308,16 @@ def plan_sweep(sweep: SweepConfig) -> Plan:
 
     if not sweep.preset:
         raise ConfigError("no base config: give a preset or YAML file, e.g. 'reinforge tune toy --search ...'")
+    from pipelines.registry import PIPELINES
+
     preset, config_file = (None, sweep.preset) if Path(sweep.preset).suffix in (".yaml", ".yml") else (sweep.preset, None)
     if config_file and not Path(config_file).is_file():
         raise ConfigError(f"config file {config_file} not found")
-    resolved = resolve(preset=preset, config_file=config_file, overrides=list(sweep.set))
+    if preset and preset in PIPELINES and not (cfg.PRESET_DIR / f"{preset}.yaml").is_file():
+        # a bare pipeline name (e.g. rlhf-sft): its dataclass defaults are the base config
+        resolved = resolve(pipeline=preset, overrides=list(sweep.set))
+    else:
+        resolved = resolve(preset=preset, config_file=config_file, overrides=list(sweep.set))
     pipeline = resolved.pipeline.name
     if not sweep.search:
         raise ConfigError("nothing to search: add --search KEY=EXPR, e.g. --search toy.learning_rate=loguniform(1e-3,1e-1)")
