@@ -151,7 +151,8 @@ class VAEModel:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": float(loss.detach()), "recon_log_likelihood": float(ll.mean()), "kl": float(kl.mean())}
+        return {"loss": float(loss.detach()), "recon_log_likelihood": float(ll.detach().mean()),
+                "kl": float(kl.detach().mean())}
 
     @torch.no_grad()
     def heldout_elbo(self, x: torch.Tensor, y: torch.Tensor | None, batch: int = 512) -> float:
