@@ -63,7 +63,7 @@ def build_config(env_cfg, rollout_cfg, cfg: ACConfig, seed: int = 0, device: str
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.tune.registry import register_env
 
-    from cluster.runtime import cluster_gpus
+    from cluster.runtime import select_device
     from rl.envs import is_atari
 
     if cfg.algo != "ppo":
@@ -81,7 +81,9 @@ def build_config(env_cfg, rollout_cfg, cfg: ACConfig, seed: int = 0, device: str
     else:
         model = DefaultModelConfig(fcnet_hiddens=list(cfg.hidden_sizes), fcnet_activation="relu",
                                    vf_share_layers=cfg.shared_torso)
-    use_gpu = device != "cpu" and cluster_gpus() >= 1
+    # the learner is local (num_learners=0): it needs a CUDA device in this process, whatever
+    # GPUs the cluster advertises elsewhere
+    use_gpu = select_device(device).type == "cuda"
     return (
         PPOConfig()
         .environment(env=name)
