@@ -30,6 +30,7 @@ def main() -> None:
         (("--iterations",), {"type": int, "default": None, "help": "PPO iterations (default 40, quick 4)"}),
         (("--no-dpo",), {"action": "store_true", "help": "skip the DPO baseline"}),
         (("--files",), {"default": "kinder0", "help": "comma-separated Essen files"}),
+        (("--reuse",), {"action": "store_true", "help": "reuse the SFT model and preference sets of an earlier run"}),
     ])
 
     from cluster.runtime import connect
@@ -56,30 +57,43 @@ def main() -> None:
     info["melodies"] = {"train": len(data["train"]), "validation": len(data["validation"])}
 
     # 1. SFT
-    with Timer() as t:
-        sft = train_sft(SFTStageConfig(max_steps=20 if quick else -1, epochs=20, n_embd=64 if quick else 128),
-                        data, work / "sft")
-    info["sft"] = {**sft, "seconds": t.seconds}
-    print(f"SFT: eval loss {sft['eval_loss']:.3f} in {t.seconds:.0f} s", flush=True)
+    if args.reuse and (work / "sft" / "reinforge.json").is_file():
+        sft = {"eval_loss": json.loads((work / "sft" / "reinforge.json").read_text())["eval_loss"], "reused": True}
+        info["sft"] = sft
+    else:
+        with Timer() as t:
+            sft = train_sft(SFTStageConfig(max_steps=20 if quick else -1, epochs=20, n_embd=64 if quick else 128),
+                            data, work / "sft")
+        info["sft"] = {**sft, "seconds": t.seconds}
+    print(f"SFT: eval loss {sft['eval_loss']:.3f}", flush=True)
 
     # 2. raters + reward model
     policy, tok = load_policy(work / "sft")
-    rcfg = RaterConfig(pairs_per_prompt=2 if quick else 4, temperature=0.5, max_new_tokens=max_new)
+    rcfg = RaterConfig(pairs_per_prompt=2 if quick else 12, temperature=0.5, max_new_tokens=max_new)
     with Timer() as t:
-        train_pairs = simulate_preferences(policy, tok, train_prompts, rcfg, seed=0)
-        held_cfg = RaterConfig(pairs_per_prompt=2 if quick else 12, temperature=0.5, max_new_tokens=max_new)
-        held_pairs = simulate_preferences(policy, tok, held_prompts, held_cfg, seed=1)
-        rm = train_reward(RewardStageConfig(epochs=1 if quick else 3), work / "sft", train_pairs, held_pairs,
-                          work / "reward", temperature=0.5)
+        prefs = work / "preferences"
+        if args.reuse and (prefs / "heldout").is_dir():
+            import datasets
+
+            train_pairs = datasets.load_from_disk(str(prefs / "train"))
+            held_pairs = datasets.load_from_disk(str(prefs / "heldout"))
+        else:
+            train_pairs = simulate_preferences(policy, tok, train_prompts, rcfg, seed=0)
+            held_cfg = RaterConfig(pairs_per_prompt=2 if quick else 6, temperature=0.5, max_new_tokens=max_new)
+            held_pairs = simulate_preferences(policy, tok, held_prompts, held_cfg, seed=1)
+            train_pairs.save_to_disk(str(prefs / "train"))
+            held_pairs.save_to_disk(str(prefs / "heldout"))
+        rm = train_reward(RewardStageConfig(epochs=1 if quick else RM_EPOCHS, learning_rate=RM_LR, batch_size=RM_BATCH),
+                          work / "sft", train_pairs, held_pairs, work / "reward", temperature=0.5)
     info["reward"] = {**rm, "seconds": t.seconds}
     print(f"reward model: held-out accuracy {rm['heldout_accuracy']:.3f} vs Bayes-optimal "
           f"{rm['bayes_optimal_accuracy']:.3f} on {rm['heldout_pairs']} pairs", flush=True)
 
     # 3. reinforge PPO
     connect(num_cpus=2)
-    iters = args.iterations or (4 if quick else 40)
+    iters = args.iterations or (4 if quick else 20)
     pcfg = PPOStageConfig(iterations=iters, batch_size=16 if quick else 32, minibatch_size=8 if quick else 16,
-                          max_new_tokens=max_new, learning_rate=5e-5, kl_coef=0.05, eval_every=2 if quick else 5,
+                          max_new_tokens=max_new, learning_rate=1e-4, kl_coef=0.05, eval_every=2 if quick else 4,
                           eval_prompts=len(held_prompts), checkpoint_every=10_000)
     rows_ppo: list[dict] = []
 
@@ -152,6 +166,9 @@ def main() -> None:
                 title=f"RLHF policies on {len(held_prompts)} held-out prompts (gold max {gold_max():.1f})")
     path = write_results("rlhf", rows, args.out, details=info)
     print(f"results: {path}")
+
+
+RM_EPOCHS, RM_LR, RM_BATCH = 2.0, 5e-4, 32
 
 
 def gold_max() -> float:
