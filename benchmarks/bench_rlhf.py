@@ -15,6 +15,7 @@ RLOOTrainer side by side in one run.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
