@@ -25,7 +25,7 @@ REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
 @dataclass
 class RaterConfig:
-    pairs_per_prompt: int = 4
+    pairs_per_prompt: int = 12
     train_prompts: int | None = None  # cap on train melodies used as prompts (None = all)
     temperature: float = 0.5  # T of the Bradley-Terry labeller; lower = less noisy labels
     max_new_tokens: int = 112

@@ -24,7 +24,7 @@ from cluster.errors import ConfigError
 
 @dataclass
 class RewardStageConfig:
-    epochs: float = 3.0
+    epochs: float = 2.0
     batch_size: int = 32
     learning_rate: float = 5e-4
     heldout_fraction: float = 0.2  # of a user preference set; simulated sets use held-out melodies' prompts
