@@ -58,7 +58,7 @@ class GenConfig:
     temperature: float = 0.2  # NT-Xent / InfoNCE temperature
     projection_dim: int = 64
     moco_momentum: float = 0.99
-    moco_queue: int = 2048
+    moco_queue: int = 256  # keep well below the data set size, or older keys of the same image act as negatives
     # evaluation / output
     eval_samples: int = 2500  # samples for the mode / digits metrics
     grid_samples: int = 64  # images in the PNG sample grid
