@@ -78,6 +78,11 @@ def test_cli_refusal_is_one_line_and_starts_nothing(tmp_path):
                   "--mode", "max", "--storage-path", str(tmp_path))
     assert res.returncode == 2 and "never reports metric 'accuracy'" in res.stderr
     assert not any(tmp_path.iterdir())
+    res = run_cli("tune", "toy", "--search", "toy.learning_rate=uniform(0.01,0.1)", "--address", "127.0.0.1:1",
+                  "--storage-path", str(tmp_path))
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0
+    assert "cannot reach Ray cluster at 127.0.0.1:1" in res.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_sweep_file_and_flags(tmp_path):
