@@ -402,6 +402,11 @@ class _TuneReporter:
 
     def _clean(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in row.items() if k != "time"}
+        for k, v in out.items():  # RunDir writes non-finite floats as text; Tune wants numbers
+            if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
+                out[k] = float(v)
+        if self.metric and isinstance(out.get(self.metric), float) and not math.isfinite(out[self.metric]):
+            del out[self.metric]  # e.g. no episode finished yet: schedulers skip a report without it
         # Rows differ (training rows, eval rows): carry the searched metric's latest value so
         # every report after its first appearance has it (schedulers skip reports without it).
         if self.metric:

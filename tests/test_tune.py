@@ -205,3 +205,13 @@ def test_two_trial_asha_sweep_on_tiny_rl(ray_session, tmp_path):
     assert steps[-1] >= 1000  # the best one ran to the end; ASHA may have stopped the other early
     for r in results:
         assert (Path(r.path) / "run" / "metrics.jsonl").is_file() and (Path(r.path) / "run" / "placement.json").is_file()
+
+
+def test_reporter_makes_rows_tune_safe():
+    """Text NaNs (RunDir writes non-finite floats as text) become numbers; a missing or NaN
+    metric is filled with its last finite value so schedulers compare numbers."""
+    r = T._TuneReporter("episode_return")
+    assert r._clean({"step": 1, "time": 5.0, "episode_return": "nan", "x": "inf"}) == {"step": 1, "x": float("inf")}
+    assert r._clean({"step": 2, "episode_return": 3.0})["episode_return"] == 3.0
+    assert r._clean({"step": 3, "episode_return": "nan"})["episode_return"] == 3.0
+    assert r._clean({"step": 4, "eval_return": 9.0})["episode_return"] == 3.0
