@@ -20,6 +20,23 @@ from _common import Timer, parse_args, print_table, write_results
 ENV_ID = "ALE/Pong-v5"
 
 
+def private_ray(num_cpus: int = 2) -> None:
+    """Start this benchmark's own Ray instance (or join RAY_ADDRESS when set). A plain
+    ``ray.init()`` joins whatever cluster /tmp/ray/ray_current_cluster names (someone's
+    ``ray start`` head on a shared machine), which would measure the wrong cores."""
+    import os
+
+    import ray
+
+    from cluster.runtime import connect
+
+    if os.environ.get("RAY_ADDRESS"):
+        connect()
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+
+
 def env_cfg(threads: int):
     from rl.envs import EnvConfig
 
@@ -96,12 +113,12 @@ def bench_async(num_envs: int, steps: int) -> float:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], [(("--rounds",), {"type": int, "default": None,
                                                               "help": "alternating measurement rounds"})])
-    from cluster.runtime import connect, shutdown
+    from cluster.runtime import shutdown
 
     envs = 8
     rounds = args.rounds or (1 if args.quick else 5)
     per_round = 2_048 if args.quick else 8_192  # env steps per system per round
-    connect(num_cpus=2)
+    private_ray(2)
     systems = {
         "ale-py AtariVectorEnv (8 envs, 2 threads)": Ale(envs, 2),
         "reinforge rollout (1 worker x 8 envs, 2 threads)": Reinforge(1, 8, 2, 64),
