@@ -40,7 +40,7 @@ def _free_ports(n: int) -> list[int]:
 def _kill_head(proc: subprocess.Popen, temp: str) -> None:
     """SIGTERM the head's process group, SIGKILL what is left; then any stray process of ours
     whose command line names our private temp dir (by PID)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
