@@ -18,6 +18,7 @@ import numpy as np
 from _common import Timer, parse_args, print_table, write_results
 
 ENV_ID = "ALE/Pong-v5"
+SEG = 128  # vector steps per request (1,024 env steps for 8 envs)
 
 
 def private_ray(num_cpus: int = 2) -> None:
@@ -121,8 +122,8 @@ def main() -> None:
     private_ray(2)
     systems = {
         "ale-py AtariVectorEnv (8 envs, 2 threads)": Ale(envs, 2),
-        "reinforge rollout (1 worker x 8 envs, 2 threads)": Reinforge(1, 8, 2, 64),
-        "reinforge rollout (2 workers x 4 envs, 1 thread each)": Reinforge(2, 4, 1, 64),
+        "reinforge rollout (1 worker x 8 envs, 2 threads)": Reinforge(1, 8, 2, SEG),
+        "reinforge rollout (2 workers x 4 envs, 1 thread each)": Reinforge(2, 4, 1, SEG),
     }
     samples: dict[str, list[float]] = {k: [] for k in systems}
     try:
