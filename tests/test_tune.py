@@ -169,7 +169,7 @@ def test_interrupted_sweep_resumes(ray_session, tmp_path):
 def test_pbt_exploits_through_checkpoints(ray_session, tmp_path):
     """PBT copies a better trial's checkpoint into the weaker trial's run dir and continues it."""
     sweep = _sweep(["toy.learning_rate=uniform(0.001, 0.3)"],
-                   ["toy.steps=30", "toy.checkpoint_every=2", "toy.step_seconds=0.2", "toy.noise=0.0"],
+                   ["toy.steps=16", "toy.checkpoint_every=2", "toy.step_seconds=0.2", "toy.noise=0.0"],
                    scheduler="pbt", num_samples=2, perturbation_interval=4, cpus_per_trial=0.5,
                    storage_path=str(tmp_path), name="pbt")
     plan = T.plan_sweep(sweep)
