@@ -303,6 +303,17 @@ def outside_resources(pipeline: str, experiment: Any) -> dict[str, float]:
     return {}
 
 
+def fit_bundles_to_cluster(plan: Plan, cluster: dict[str, float]) -> None:
+    """rlhf-ppo's actors ask for a GPU share when the cluster has a GPU (rlhf/ppo.py: 0.5 / (workers
+    + 1) each); inside a trial they are captured into its group, so the group must hold that share."""
+    ppo = plan.base.get("ppo") if plan.pipeline == "rlhf-ppo" else None
+    if not ppo or float(cluster.get("GPU", 0.0)) < 1:
+        return
+    n = int(ppo.get("num_rollout_workers", 1))
+    share = 0.5 / (n + 1)
+    plan.bundles = [plan.bundles[0], *({**b, "GPU": share} for b in plan.bundles[1:])]
+
+
 def plan_sweep(sweep: SweepConfig) -> Plan:
     from pipelines.registry import resolve
 
@@ -575,6 +586,7 @@ def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus
     from cluster.runtime import connect
 
     cluster = connect(address, num_cpus=num_cpus)
+    fit_bundles_to_cluster(plan, cluster)
     check_resources(plan, cluster)
     write_plan(plan)
     s = plan.sweep

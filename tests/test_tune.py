@@ -215,3 +215,13 @@ def test_reporter_makes_rows_tune_safe():
     assert r._clean({"step": 2, "episode_return": 3.0})["episode_return"] == 3.0
     assert r._clean({"step": 3, "episode_return": "nan"})["episode_return"] == 3.0
     assert r._clean({"step": 4, "eval_return": 9.0})["episode_return"] == 3.0
+
+
+def test_rlhf_ppo_actor_bundles_follow_the_cluster():
+    plan = T.plan_sweep(T.sweep_from_sources("rlhf-ppo", None, {"metric": "x", "mode": "max"},
+                                             ["ppo.learning_rate=choice(1e-4)"], ["ppo.num_rollout_workers=1"]))
+    assert plan.bundles == [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]  # 1 rollout worker + the scorer
+    T.fit_bundles_to_cluster(plan, {"CPU": 8.0})
+    assert all("GPU" not in b for b in plan.bundles)
+    T.fit_bundles_to_cluster(plan, {"CPU": 8.0, "GPU": 1.0})
+    assert plan.bundles[1:] == [{"CPU": 0.5, "GPU": 0.25}] * 2 and "GPU" not in plan.bundles[0]
