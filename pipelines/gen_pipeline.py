@@ -9,6 +9,7 @@ metrics, sample grids and (for Atari encoders) ``encoder/torso.safetensors``.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,31 @@ REPORTED_METRICS = (
     "eval/class_coverage", "eval/classifier_frechet_distance", "eval/conditional_accuracy",
     "eval/linear_probe_accuracy",
 )
+
+
+POLL_SECONDS = 1.0  # how often the driver looks for new per-epoch rows while Ray Train runs
+
+
+class _MetricsTail:
+    """The new complete lines of the workers' ``train_metrics.jsonl`` since the last read.
+
+    Rank 0 appends one JSON row per reported epoch; a half-written last line is left for the
+    next read. On ``--resume`` the rows already there (logged by the earlier run) are skipped.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = path.stat().st_size if path.is_file() else 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in chunk[:end].decode().splitlines() if line.strip()]
 
 
 def tune_bundles(experiment) -> list[dict[str, float]]:
@@ -56,14 +82,36 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
         check_compatible(load_checkpoint(latest)["state"], cfg, f"run dir {run_dir.path}")
     # absolute paths: Ray Train workers run in their own working directory
     metrics_path = (run_dir.path / "train_metrics.jsonl").resolve()
-    done = sum(1 for _ in open(metrics_path)) if metrics_path.is_file() else 0
-    final_path, last = fit(cfg, run_dir.path.resolve() / "ray_train", seed=seed, name="gen",
-                           resume_from=str(latest.resolve()) if latest else None, frames_path=frames_path,
-                           metrics_path=str(metrics_path))
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()[done:] if line.strip()]
-    for row in rows:  # the workers' per-epoch reports, into metrics.jsonl / TensorBoard / listeners
-        step = row.pop("step")
-        run_dir.log(row, step=step)
+    tail = _MetricsTail(metrics_path)
+    # trainer.fit() blocks until the end, so it runs in a thread (Ray Train supports that: Tune
+    # does the same) while this thread streams each epoch's row into metrics.jsonl /
+    # TensorBoard / the listeners (Tune's reporter, so ASHA can stop a trial early) as it lands.
+    # A daemon thread: Ctrl-C ends the driver, and with it Ray Train's controller and workers.
+    outcome: dict[str, Any] = {}
+
+    def _fit() -> None:
+        try:
+            outcome["result"] = fit(cfg, run_dir.path.resolve() / "ray_train", seed=seed, name="gen",
+                                    resume_from=str(latest.resolve()) if latest else None,
+                                    frames_path=frames_path, metrics_path=str(metrics_path))
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=_fit, name="gen-fit", daemon=True)
+    thread.start()
+    rows: list[dict[str, Any]] = []
+    while True:
+        thread.join(POLL_SECONDS)
+        finished = not thread.is_alive()
+        for row in tail.read_new():
+            rows.append(dict(row))
+            step = row.pop("step")
+            run_dir.log(row, step=step)
+        if finished:
+            break
+    if "error" in outcome:
+        raise outcome["error"]
+    final_path, last = outcome["result"]
     ckpt = load_checkpoint(final_path)
     run_dir.save_checkpoint(ckpt.step, ckpt.objects, keep=exp.run.keep_checkpoints, model=cfg.model, data=cfg.data)
     model = build_model(cfg, "cpu")

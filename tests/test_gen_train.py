@@ -23,8 +23,16 @@ def test_two_worker_train_run_checkpoints_and_resumes(ray_session, tmp_path):
     resolved = resolve(pipeline="gen", extra={"run": {"run_dir": str(run_dir), "tensorboard": False},
                                                "gen": {"model": "vae", "data": "ring8", "workers": 2, "epochs": 2,
                                                        **SMALL}})
-    rd, result = execute(resolved)
+    seen = []  # per-epoch rows reach the listeners (Tune's reporter) while Ray Train still runs
+
+    def listener(row):
+        if "epoch" in row:
+            seen.append((row["epoch"], (run_dir / "ray_train" / "final").exists()))
+
+    rd, result = execute(resolved, listeners=[listener])
     assert result["epochs"] == 2 and result["workers"] == 2
+    assert seen[0] == (1, False), seen  # epoch 1 was logged before fit() had finished
+    assert [e for e, _ in seen] == [1, 2]
     rows = _rows(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2] and all(r["workers"] == 2 for r in rows)
     steps_per_epoch = rows[0]["train_step"]
