@@ -67,7 +67,9 @@ def connect(
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConnectError(f"cannot connect to Ray cluster at {address}: {first}") from None
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+        # address="local": always start our own instance. Without it Ray 2.60 joins whatever
+        # cluster /tmp/ray/ray_current_cluster names (e.g. someone's `ray start` head).
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
     return dict(ray.cluster_resources())
 
 
