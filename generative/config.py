@@ -42,6 +42,7 @@ class GenConfig:
     critic_steps: int = 1  # discriminator/critic steps per generator step (WGANs: 5 is classic)
     gp_weight: float = 10.0  # WGAN-GP lambda
     clip_value: float = 0.01  # WGAN weight clipping
+    lr_decay: Literal["none", "linear"] = "none"  # GANs: learning rate decays linearly to 0 over the run
     # VAE family
     beta: float = 1.0  # weight of KL(q(z|x) || N(0, I))
     # DDPM

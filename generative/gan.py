@@ -126,6 +126,21 @@ class GANModel:
             self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.learning_rate, betas=betas)
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.learning_rate, betas=betas)
         self.g_step = 0
+        self.total_steps: int | None = None  # set by the training loop; drives gen.lr_decay
+
+    def set_total_steps(self, total: int) -> None:
+        self.total_steps = total
+
+    def _decay_learning_rate(self, it: int) -> None:
+        """lr_t = lr (1 - t / T): the linear decay of Gulrajani et al. It lets the generator settle
+        on sharp modes at the end instead of hopping around them. Computed from the global step,
+        so a resumed run continues the same schedule."""
+        if self.cfg.lr_decay != "linear" or not self.total_steps:
+            return
+        lr = self.cfg.learning_rate * max(0.0, 1.0 - it / self.total_steps)
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     # the training loop wraps these for DDP and saves/restores them
     def modules(self) -> dict[str, nn.Module]:
@@ -145,6 +160,7 @@ class GANModel:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor | None, it: int) -> dict[str, Any]:
         cfg, n = self.cfg, len(x)
+        self._decay_learning_rate(it)
         real, cond = self.to_model_space(x), self._cond(y)
         z = torch.randn(n, self.z_dim, device=self.device)
         with torch.no_grad():

@@ -154,6 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start_epoch, step = restore(model, load_checkpoint(d), cfg)
     elif config.get("resume_from"):
         start_epoch, step = restore(model, load_checkpoint(config["resume_from"]), cfg)
+    if hasattr(model, "set_total_steps"):  # learning-rate schedules over the whole run
+        model.set_total_steps(cfg.epochs * (len(shard) // batch_size))
     trainable = model.trainable() if hasattr(model, "trainable") else set(model.modules())
     model.set_modules({k: (ray.train.torch.prepare_model(m, move_to_device=device) if k in trainable else m)
                        for k, m in model.modules().items()})

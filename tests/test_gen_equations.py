@@ -201,3 +201,21 @@ def test_frechet_distance_closed_form():
     assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     b = a + np.array([1.0, 2.0, 0.0])  # shifted: distance = ||shift||^2
     assert metrics.frechet_distance(a, b) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_linear_learning_rate_decay_follows_the_global_step():
+    from generative.config import GenConfig
+    from generative.train import build_model
+
+    cfg = GenConfig(model="wgan-gp", data="ring8", learning_rate=1e-3, lr_decay="linear", hidden=8, critic_steps=5)
+    model = build_model(cfg)
+    model.set_total_steps(100)
+    x = torch.randn(16, 2)
+    model.train_step(x, None, 50)  # half-way (a resumed run passes its restored step)
+    assert all(g["lr"] == pytest.approx(5e-4) for o in model.optimizers().values() for g in o.param_groups)
+    model.train_step(x, None, 100)
+    assert all(g["lr"] == 0.0 for o in model.optimizers().values() for g in o.param_groups)
+    const = build_model(GenConfig(model="wgan-gp", data="ring8", learning_rate=1e-3, hidden=8))
+    const.set_total_steps(100)
+    const.train_step(x, None, 50)
+    assert const.opt_g.param_groups[0]["lr"] == 1e-3  # the default keeps the learning rate
