@@ -8,7 +8,7 @@ Three tables, all measured in this one run:
   3. train throughput (samples/s): a plain single-process PyTorch loop (the peer) against
      Ray Train TorchTrainer with 1 and 2 workers (DDP over gloo), same model and batch size.
 
-    python benchmarks/bench_gen.py [--quick] [--only modes|digits|throughput] [--seeds N]
+    python benchmarks/bench_gen.py [--quick] [--only modes|digits|throughput] [--data ring8|grid25] [--seeds N]
     # or: reinforge bench gen [...]
 """
 
@@ -85,6 +85,8 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], [
         (("--only",), {"choices": SECTIONS, "action": "append",
                        "help": "run only this section (repeatable); default: all three"}),
+        (("--data",), {"choices": ("ring8", "grid25"), "action": "append",
+                       "help": "mode capture on this mixture only (repeatable); default: both"}),
         (("--seeds",), {"type": int, "default": 1, "help": "seeds per mode-capture run (the table shows the mean)"}),
     ])
     quick = args.quick
@@ -104,6 +106,8 @@ def main() -> None:
     mode_runs = [("wgan-gp", "ring8"), ("gan", "ring8"), ("minimax-gan", "ring8"),
                  ("wgan-gp", "grid25"), ("gan", "grid25"), ("minimax-gan", "grid25")]
     for model, data in mode_runs if "modes" in sections else []:
+        if args.data and data not in args.data:
+            continue
         runs = []
         for seed in range(args.seeds):
             res, secs = run_pipeline(f"gen-{model}-{data}", out, f"{model}-{data}-s{seed}", seed=seed,
@@ -160,7 +164,7 @@ def main() -> None:
     if rows_tp:
         print_table(rows_tp, ["model", "runner", "workers", "samples_per_s", "vs_plain", "scaling_efficiency"],
                     "train throughput, CPU only (last epoch's samples/s summed over workers)")
-    name = "gen" if len(sections) == len(SECTIONS) else "gen-" + "-".join(sections)
+    name = "gen" if len(sections) == len(SECTIONS) else "gen-" + "-".join(sections + (args.data or []))
     path = write_results(name, rows_modes + rows_digits + rows_tp, args.out, quick=quick, sections=sections,
                          tables={"modes": rows_modes, "digits": rows_digits, "throughput": rows_tp},
                          note="CPU only (no GPU in this session); 2 cores shared by all Ray Train workers")
