@@ -51,6 +51,7 @@ class GenConfig:
     beta_start: float = 1e-4  # linear schedule endpoints (scaled by 1000/timesteps as in improved-DDPM)
     beta_end: float = 0.02
     sampling_variance: Literal["beta", "posterior"] = "posterior"  # sigma_t^2 in Algorithm 2
+    clip_denoised: bool = False  # images: clip the predicted x0 to [-1, 1] at every step (Ho et al.'s code)
     class_conditional: bool = True  # DDPM on labelled data: class embedding + classifier-free guidance
     cond_drop: float = 0.1  # probability of dropping the label in training (classifier-free guidance)
     guidance_scale: float = 2.0  # w in eps = (1 + w) eps(x, c) - w eps(x)

@@ -97,12 +97,25 @@ def guided_epsilon(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | No
 
 @torch.no_grad()
 def p_sample(model, sched: Schedule, x_t: torch.Tensor, t: int, y: torch.Tensor | None = None,
-             null_label: int = 0, w: float = 0.0, variance: str = "beta") -> torch.Tensor:
-    """One ancestral step x_t -> x_{t-1} (Algorithm 2)."""
+             null_label: int = 0, w: float = 0.0, variance: str = "beta",
+             clip_x0: float | None = None) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t-1} (Algorithm 2).
+
+    ``clip_x0``: as in Ho et al.'s released code (``clip_denoised``), predict
+    x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), clip it to the data range [-c, c], and use
+    the posterior mean of q(x_{t-1} | x_t, x0) =
+    sqrt(abar_{t-1}) beta_t / (1 - abar_t) x0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t,
+    which equals the mean above whenever x0 already lies in range.
+    """
     tt = torch.full((len(x_t),), t, dtype=torch.long, device=x_t.device)
     eps = guided_epsilon(model, x_t, tt, y, null_label, w)
     beta, alpha, abar = (float(v[t]) for v in (sched.betas, sched.alphas, sched.alpha_bars))
-    mean = (x_t - beta / math.sqrt(1 - abar) * eps) / math.sqrt(alpha)
+    if clip_x0 is None:
+        mean = (x_t - beta / math.sqrt(1 - abar) * eps) / math.sqrt(alpha)
+    else:
+        abar_prev = float(sched.alpha_bars[t - 1]) if t > 0 else 1.0
+        x0 = ((x_t - math.sqrt(1 - abar) * eps) / math.sqrt(abar)).clamp(-clip_x0, clip_x0)
+        mean = (math.sqrt(abar_prev) * beta * x0 + math.sqrt(alpha) * (1 - abar_prev) * x_t) / (1 - abar)
     if t == 0:
         return mean
     var = beta if variance == "beta" else float(sched.posterior_variance[t])
@@ -111,11 +124,12 @@ def p_sample(model, sched: Schedule, x_t: torch.Tensor, t: int, y: torch.Tensor 
 
 @torch.no_grad()
 def sample_loop(model, sched: Schedule, shape: tuple[int, ...], device, y: torch.Tensor | None = None,
-                null_label: int = 0, w: float = 0.0, variance: str = "beta") -> torch.Tensor:
+                null_label: int = 0, w: float = 0.0, variance: str = "beta",
+                clip_x0: float | None = None) -> torch.Tensor:
     """Algorithm 2: x_T ~ N(0, I), then T ancestral steps down to x_0."""
     x = torch.randn(shape, device=device)
     for t in reversed(range(sched.timesteps)):
-        x = p_sample(model, sched, x, t, y, null_label, w, variance)
+        x = p_sample(model, sched, x, t, y, null_label, w, variance, clip_x0)
     return x
 
 
@@ -165,6 +179,6 @@ class DDPMModel:
             y = (labels if labels is not None else torch.arange(n) % self.num_classes).to(self.device)
         w = self.cfg.guidance_scale if guidance is None else guidance
         x = sample_loop(net, self.sched, (n, *self.data_shape), self.device, y, self.num_classes, w,
-                        self.cfg.sampling_variance)
+                        self.cfg.sampling_variance, 1.0 if self.image and self.cfg.clip_denoised else None)
         net.train()
         return ((x.clamp(-1, 1) + 1) / 2) if self.image else x

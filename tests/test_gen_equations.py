@@ -219,3 +219,20 @@ def test_linear_learning_rate_decay_follows_the_global_step():
     const.set_total_steps(100)
     const.train_step(x, None, 50)
     assert const.opt_g.param_groups[0]["lr"] == 1e-3  # the default keeps the learning rate
+
+
+def test_clipped_x0_step_matches_algorithm_2_in_range_and_stays_in_range_outside():
+    sched = ddpm.Schedule.make("linear", 50)
+    x0 = torch.rand(8, 2) * 1.6 - 0.8  # inside [-1, 1]
+    noise = torch.randn(8, 2)
+    oracle = lambda x, tt, y: noise  # noqa: E731
+    for t in (0, 10, 49):
+        x_t = ddpm.q_sample(sched, x0, torch.full((8,), t), noise)
+        torch.manual_seed(1)
+        plain = ddpm.p_sample(oracle, sched, x_t, t, variance="posterior")
+        torch.manual_seed(1)
+        clipped = ddpm.p_sample(oracle, sched, x_t, t, variance="posterior", clip_x0=1.0)
+        assert torch.allclose(plain, clipped, atol=1e-5)  # the posterior-mean form is the same mean
+    far = ddpm.q_sample(sched, torch.full((8, 2), 5.0), torch.zeros(8, dtype=torch.long), noise)
+    out = ddpm.p_sample(oracle, sched, far, 0, clip_x0=1.0)  # last step: the mean is the clipped x0
+    assert torch.allclose(out, torch.ones(8, 2))
