@@ -27,12 +27,14 @@ class RewardStageConfig:
     epochs: float = 2.0
     batch_size: int = 32
     learning_rate: float = 5e-4
+    weight_decay: float = 0.01  # AdamW decay: a little regularisation against memorising the pairs
     heldout_fraction: float = 0.2  # of a user preference set; simulated sets use held-out melodies' prompts
     logging_steps: int = 10
 
     def validate(self) -> None:
-        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ConfigError("reward.epochs and reward.learning_rate must be > 0, reward.batch_size >= 1")
+        if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.weight_decay < 0:
+            raise ConfigError("reward.epochs and reward.learning_rate must be > 0, reward.batch_size >= 1, "
+                              "reward.weight_decay >= 0")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError("reward.heldout_fraction must be in (0, 1)")
 
@@ -133,7 +135,7 @@ def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pai
     train_tok = tokenize_pairs(train_pairs, tok)
     args = RewardConfig(
         output_dir=str(out_dir.parent / "trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, logging_steps=cfg.logging_steps, seed=seed, lr_scheduler_type="linear",
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, seed=seed, lr_scheduler_type="linear",
         max_length=None, **trainer_device_args(device),
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=train_tok, processing_class=tok,
