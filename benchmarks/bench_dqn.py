@@ -161,12 +161,11 @@ def bench_rllib(timed_steps: int, max_seconds: float, seed: int = 0) -> dict:
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    from bench_rollout import private_ray
 
-    from cluster.runtime import shutdown
+    from cluster.runtime import connect, shutdown
 
     ours_steps, rllib_steps, rllib_s = (2_048, 1_024, 40.0) if args.quick else (8_192, 4_096, 180.0)
-    private_ray(2)
+    connect(num_cpus=2)
     try:
         rllib = bench_rllib(rllib_steps, rllib_s)
         ours = bench_reinforge(ours_steps)

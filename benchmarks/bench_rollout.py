@@ -21,23 +21,6 @@ ENV_ID = "ALE/Pong-v5"
 SEG = 128  # vector steps per request (1,024 env steps for 8 envs)
 
 
-def private_ray(num_cpus: int = 2) -> None:
-    """Start this benchmark's own Ray instance (or join RAY_ADDRESS when set). A plain
-    ``ray.init()`` joins whatever cluster /tmp/ray/ray_current_cluster names (someone's
-    ``ray start`` head on a shared machine), which would measure the wrong cores."""
-    import os
-
-    import ray
-
-    from cluster.runtime import connect
-
-    if os.environ.get("RAY_ADDRESS"):
-        connect()
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
-
-
 def env_cfg(threads: int):
     from rl.envs import EnvConfig
 
@@ -114,12 +97,12 @@ def bench_async(num_envs: int, steps: int) -> float:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], [(("--rounds",), {"type": int, "default": None,
                                                               "help": "alternating measurement rounds"})])
-    from cluster.runtime import shutdown
+    from cluster.runtime import connect, shutdown
 
     envs = 8
     rounds = args.rounds or (1 if args.quick else 5)
     per_round = 2_048 if args.quick else 8_192  # env steps per system per round
-    private_ray(2)
+    connect(num_cpus=2)  # its own local instance, or RAY_ADDRESS when set
     systems = {
         "ale-py AtariVectorEnv (8 envs, 2 threads)": Ale(envs, 2),
         "reinforge rollout (1 worker x 8 envs, 2 threads)": Reinforge(1, 8, 2, SEG),

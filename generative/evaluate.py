@@ -39,6 +39,10 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, title
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -60,11 +64,7 @@ def save_scatter(samples: torch.Tensor, data: str, path: str | Path, title: str 
     ax.legend(loc="upper right", fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def export_torso(torso: torch.nn.Module, run_dir: str | Path, meta: dict[str, Any]) -> Path:
