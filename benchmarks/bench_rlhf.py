@@ -72,7 +72,8 @@ def main() -> None:
 
     # 2. raters + reward model
     policy, tok = load_policy(work / "sft")
-    rcfg = RaterConfig(pairs_per_prompt=2 if quick else TRAIN_PAIRS, temperature=0.5, max_new_tokens=max_new)
+    rcfg = RaterConfig(pairs_per_prompt=1, completions_per_prompt=4 if quick else TRAIN_K, temperature=0.5,
+                       max_new_tokens=max_new)
     with Timer() as t:
         prefs = work / "preferences"
         if args.reuse and (prefs / "heldout").is_dir():
@@ -90,7 +91,7 @@ def main() -> None:
             rm = {**json.loads((work / "reward" / "reinforge.json").read_text())["heldout"], "reused": True}
         else:
             rm = train_reward(RewardStageConfig(epochs=1 if quick else RM_EPOCHS, learning_rate=RM_LR,
-                                                batch_size=RM_BATCH, weight_decay=RM_WD),
+                                                texts_per_batch=RM_TEXTS, weight_decay=RM_WD),
                               work / "sft", train_pairs, held_pairs, work / "reward", temperature=0.5)
     info["reward"] = {**rm, "seconds": t.seconds}
     print(f"reward model: held-out accuracy {rm['heldout_accuracy']:.3f} vs Bayes-optimal "
@@ -183,9 +184,10 @@ def main() -> None:
 
 # measured choices for the full benchmark (see the README's RLHF section for the numbers)
 BENCH_FILES = "kinder0,ballad40,boehme20,altdeu10"  # ~1,070 Essen songs, 735 fit 128 tokens
-TRAIN_PAIRS, HELD_PAIRS = 6, 10  # pairs per prompt: ~3,700 train pairs, ~1,100 held-out pairs
-RM_EPOCHS, RM_LR, RM_BATCH, RM_WD = 1.0, 5e-4, 32, 0.01
-PPO_ITERS, PPO_LR, PPO_BETA, EVAL_SAMPLES = 30, 1e-4, 0.02, 2
+TRAIN_K = 12  # train: one rating round of 12 completions per prompt, all 66 pairs labelled (~41k pairs)
+HELD_PAIRS = 10  # held-out: 10 independent pairs per prompt (~1,100 pairs)
+RM_EPOCHS, RM_LR, RM_TEXTS, RM_WD = 6.0, 1e-3, 48, 0.01
+PPO_ITERS, PPO_LR, PPO_BETA, EVAL_SAMPLES = 60, 1e-4, 0.01, 2
 
 
 def gold_max() -> float:

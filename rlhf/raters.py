@@ -3,7 +3,12 @@ from the SFT model, labelled by a Bradley-Terry model on the hidden gold score,
 
     P(a preferred to b) = sigmoid((gold(a) - gold(b)) / T),
 
-with the label sampled from that probability. Because the labelling model is known, the best
+with the label sampled from that probability. A rater sees ``completions_per_prompt`` (K)
+completions of one prompt at once and labels all K(K-1)/2 pairs among them, as InstructGPT's
+labellers ranked K = 4..9 completions (Ouyang et al. 2022): the same sampling cost buys
+(K-1)/2 times more comparisons, and every completion is compared several times, which is what
+lets a reward model see through the label noise (measured in the README). K = 2 is one plain
+pair. Because the labelling model is known, the best
 accuracy any reward model can reach on these pairs is known too (``bayes_optimal_accuracy``).
 The output is a ``datasets`` preference set in TRL's format: ``prompt``, ``chosen``,
 ``rejected`` (plus the gold scores, for evaluation only). User preference files in the same
@@ -12,6 +17,7 @@ format are read by ``load_preferences``.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,8 @@ REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 
 @dataclass
 class RaterConfig:
-    pairs_per_prompt: int = 12
+    pairs_per_prompt: int = 1  # rating rounds per prompt; each labels all pairs of K completions (K = 2: one pair)
+    completions_per_prompt: int = 12  # K completions sampled per round, all K(K-1)/2 pairs labelled
     train_prompts: int | None = None  # cap on train melodies used as prompts (None = all)
     temperature: float = 0.5  # T of the Bradley-Terry labeller; lower = less noisy labels
     max_new_tokens: int = 112
@@ -34,6 +41,8 @@ class RaterConfig:
     def validate(self) -> None:
         if self.pairs_per_prompt < 1:
             raise ConfigError("raters.pairs_per_prompt must be >= 1")
+        if self.completions_per_prompt < 2:
+            raise ConfigError("raters.completions_per_prompt must be >= 2 (2 = one pair per round)")
         if self.temperature <= 0:
             raise ConfigError("raters.temperature must be > 0 (e.g. 0.5)")
         if self.max_new_tokens < 1:
@@ -76,20 +85,33 @@ def label_pairs(prompts: list[str], comps_a: list[str], comps_b: list[str], gold
     return rows
 
 
+def round_pairs(k: int) -> tuple[list[int], list[int]]:
+    """The K(K-1)/2 index pairs (i < j) a rater labels among K completions."""
+    i, j = zip(*itertools.combinations(range(k), 2))
+    return list(i), list(j)
+
+
 def simulate_preferences(model, tokenizer, prompts: list[str], cfg: RaterConfig, seed: int = 0):
-    """Sample two completions per (prompt, repeat) from ``model`` and label them."""
+    """For each (prompt, round): sample K completions from ``model`` and label all their pairs."""
     import datasets
 
     from rlhf.gold import gold_score
     from rlhf.models import sample
 
-    reps = [p for p in prompts for _ in range(cfg.pairs_per_prompt)]
-    ids = sample(model, tokenizer, reps + reps, cfg.max_new_tokens, temperature=1.0, generator_seed=seed)
+    k = cfg.completions_per_prompt
+    rounds = [p for p in prompts for _ in range(cfg.pairs_per_prompt)]
+    ids = sample(model, tokenizer, [p for p in rounds for _ in range(k)], cfg.max_new_tokens, temperature=1.0,
+                 generator_seed=seed)
     texts = [" " + tokenizer.decode(c).strip() for c in ids]
-    a, b = texts[: len(reps)], texts[len(reps):]
-    ga = [gold_score(p + c) for p, c in zip(reps, a)]
-    gb = [gold_score(p + c) for p, c in zip(reps, b)]
-    rows = label_pairs(reps, a, b, ga, gb, cfg.temperature, np.random.default_rng(seed))
+    gold = [gold_score(p + c) for p, c in zip((p for p in rounds for _ in range(k)), texts)]
+    ii, jj = round_pairs(k)
+    pr, a, b, ga, gb = [], [], [], [], []
+    for r, prompt in enumerate(rounds):
+        for i, j in zip(ii, jj):
+            pr.append(prompt)
+            a.append(texts[r * k + i]), b.append(texts[r * k + j])
+            ga.append(gold[r * k + i]), gb.append(gold[r * k + j])
+    rows = label_pairs(pr, a, b, ga, gb, cfg.temperature, np.random.default_rng(seed))
     return datasets.Dataset.from_list(rows)
 
 

@@ -3,8 +3,14 @@ with the Bradley-Terry loss
 
     L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected)),
 
-through TRL's ``RewardTrainer`` (which uses exactly this formula; ``bradley_terry_loss`` below
-is the same equation, used for held-out evaluation and unit-tested by hand). As in the RLHF
+either through our grouped trainer (``reward.trainer: grouped``, the default) or TRL's
+``RewardTrainer`` (``reward.trainer: trl``; exactly the same formula). Both read the score at
+the last real token. The grouped trainer exists because TRL's forwards every pair on its own:
+when raters compare K completions of a prompt (rlhf/raters.py), the K(K-1)/2 pairs share their
+texts, and InstructGPT's recipe (Ouyang et al. 2022) is to score each text once and take the
+loss over all its pairs in the same batch, (K-1)/2 times fewer forward passes per pair.
+``bradley_terry_loss`` is the equation, used by the grouped trainer and held-out evaluation
+and unit-tested by hand. As in the RLHF
 implementation-details literature (Ziegler et al. 2019; Huang et al. 2024) the head is
 initialised N(0, 1/(d_model + 1)) with no bias, and after training the reward is centred so
 SFT samples average 0 (the offset is stored in ``reinforge.json`` and subtracted on use).
@@ -24,10 +30,13 @@ from cluster.errors import ConfigError
 
 @dataclass
 class RewardStageConfig:
-    epochs: float = 2.0
-    batch_size: int = 32
-    learning_rate: float = 5e-4
+    trainer: str = "grouped"  # grouped (each text scored once per batch, all its pairs) | trl (RewardTrainer)
+    epochs: float = 6.0
+    batch_size: int = 32  # pairs per batch (trainer: trl)
+    texts_per_batch: int = 48  # distinct prompt+completion texts per batch (trainer: grouped)
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01  # AdamW decay: a little regularisation against memorising the pairs
+    disable_dropout: bool = True  # train with dropout off, as the RLHF implementation-details literature does
     heldout_fraction: float = 0.2  # of a user preference set; simulated sets use held-out melodies' prompts
     logging_steps: int = 10
 
@@ -35,6 +44,10 @@ class RewardStageConfig:
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("reward.epochs and reward.learning_rate must be > 0, reward.batch_size >= 1, "
                               "reward.weight_decay >= 0")
+        if self.trainer not in ("grouped", "trl"):
+            raise ConfigError(f"reward.trainer={self.trainer!r}: use grouped or trl")
+        if self.texts_per_batch < 2:
+            raise ConfigError("reward.texts_per_batch must be >= 2 (one chosen and one rejected text)")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError("reward.heldout_fraction must be in (0, 1)")
 
@@ -63,15 +76,17 @@ def init_reward_head(model) -> None:
         torch.nn.init.zeros_(head.bias)
 
 
-def reward_model_from_sft(sft_dir: Path):
+def reward_model_from_sft(sft_dir: Path, dropout: bool = True):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.models import check_tokenizer, load_tokenizer
+    from rlhf.models import check_tokenizer, disable_dropout, load_tokenizer
 
     tok = load_tokenizer(sft_dir)
     model = AutoModelForSequenceClassification.from_pretrained(str(sft_dir), num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     init_reward_head(model)
+    if not dropout:
+        disable_dropout(model)
     check_tokenizer(tok, model, f"--sft {sft_dir}")
     return model, tok
 
@@ -86,6 +101,80 @@ def tokenize_pairs(ds, tokenizer):
                 "rejected_ids": tokenizer(row["prompt"] + row["rejected"], add_special_tokens=False)["input_ids"]}
 
     return ds.map(enc)
+
+
+def preference_groups(ds) -> list[tuple[list[str], list[int], list[int]]]:
+    """A TRL preference set grouped by prompt: per group, its distinct full texts (prompt +
+    completion) and, for every pair, the index of the chosen and of the rejected text."""
+    groups: dict[str, tuple[dict[str, int], list[int], list[int]]] = {}
+    for prompt, chosen, rejected in zip(ds["prompt"], ds["chosen"], ds["rejected"]):
+        index, ch, rj = groups.setdefault(prompt, ({}, [], []))
+        ch.append(index.setdefault(prompt + chosen, len(index)))
+        rj.append(index.setdefault(prompt + rejected, len(index)))
+    return [(list(index), ch, rj) for index, ch, rj in groups.values()]
+
+
+def grouped_batches(groups, max_texts: int, rng: np.random.Generator):
+    """Batches of (distinct texts, chosen index, rejected index): groups in random order, each
+    group's pairs kept together while the batch has room for their texts, so a text is scored
+    once for all the pairs it appears in."""
+    texts: dict[str, int] = {}
+    ch: list[int] = []
+    rj: list[int] = []
+    for g in rng.permutation(len(groups)):
+        g_texts, g_ch, g_rj = groups[g]
+        for q in rng.permutation(len(g_ch)):
+            a, b = g_texts[g_ch[q]], g_texts[g_rj[q]]
+            if ch and len(texts) + (a not in texts) + (b not in texts) > max_texts:
+                yield list(texts), ch, rj
+                texts, ch, rj = {}, [], []
+            ch.append(texts.setdefault(a, len(texts)))
+            rj.append(texts.setdefault(b, len(texts)))
+    if ch:
+        yield list(texts), ch, rj
+
+
+def train_grouped(cfg: RewardStageConfig, model, tokenizer, train_pairs, run_dir=None, seed: int = 0,
+                  device: str = "auto") -> float:
+    """Minimise ``bradley_terry_loss`` over every pair (AdamW, linear decay, grad-norm clip 1);
+    returns the mean training loss."""
+    import torch
+
+    from cluster.runtime import select_device
+    from rlhf.models import pack, sequence_scores
+
+    dev = select_device(device)
+    model.to(dev).train()
+    groups = preference_groups(train_pairs)
+    ids = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for g in groups for t in g[0]}
+    per_epoch = sum(1 for _ in grouped_batches(groups, cfg.texts_per_batch, np.random.default_rng(seed)))
+    total = max(1, math.ceil(cfg.epochs * per_epoch))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / total)
+    step, losses, window = 0, [], []
+    for epoch in range(math.ceil(cfg.epochs)):
+        for texts, ch, rj in grouped_batches(groups, cfg.texts_per_batch, np.random.default_rng(seed + 1 + epoch)):
+            b = pack([ids[t] for t in texts], [[] for _ in texts], tokenizer.pad_token_id)
+            r = sequence_scores(model, b["input_ids"].to(dev), b["attention_mask"].to(dev),
+                                position_ids=b["position_ids"].to(dev))
+            r_chosen, r_rejected = r[torch.tensor(ch, device=dev)], r[torch.tensor(rj, device=dev)]
+            loss = bradley_terry_loss(r_chosen, r_rejected)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            window.append(float((r_chosen > r_rejected).float().mean()))
+            if run_dir is not None and step % cfg.logging_steps == 0:
+                run_dir.log({"reward/loss": float(np.mean(losses[-cfg.logging_steps:])),
+                             "reward/accuracy": float(np.mean(window)), "reward/learning_rate": sched.get_last_lr()[0],
+                             "reward/epoch": step / per_epoch}, step=step)
+                window = []
+            if step >= total:
+                return float(np.mean(losses))
+    return float(np.mean(losses)) if losses else float("nan")
 
 
 def score_texts(model, tokenizer, texts: list[str], offset: float = 0.0, batch_size: int = 64) -> np.ndarray:
@@ -104,12 +193,20 @@ def score_texts(model, tokenizer, texts: list[str], offset: float = 0.0, batch_s
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def pair_scores(model, tokenizer, ds, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Reward of every pair's chosen and rejected text, each distinct text scored once."""
+    full_c = [p + c for p, c in zip(ds["prompt"], ds["chosen"])]
+    full_r = [p + c for p, c in zip(ds["prompt"], ds["rejected"])]
+    texts = list(dict.fromkeys(full_c + full_r))
+    r = dict(zip(texts, score_texts(model, tokenizer, texts, offset)))
+    return np.array([r[t] for t in full_c]), np.array([r[t] for t in full_r])
+
+
 def evaluate_pairs(model, tokenizer, ds, offset: float = 0.0, temperature: float | None = None) -> dict[str, float]:
     """Held-out BT loss and accuracy; with gold columns, the Bayes-optimal accuracy beside it."""
     import torch
 
-    rc = score_texts(model, tokenizer, [p + c for p, c in zip(ds["prompt"], ds["chosen"])], offset)
-    rr = score_texts(model, tokenizer, [p + c for p, c in zip(ds["prompt"], ds["rejected"])], offset)
+    rc, rr = pair_scores(model, tokenizer, ds, offset)
     out = {"heldout_pairs": len(rc), "heldout_accuracy": bt_accuracy(rc, rr),
            "heldout_bt_loss": float(bradley_terry_loss(torch.tensor(rc), torch.tensor(rr)))}
     if "gold_chosen" in ds.column_names:
@@ -127,30 +224,39 @@ def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pai
                  run_dir=None, seed: int = 0, device: str = "auto", temperature: float | None = None,
                  centre_texts: list[str] | None = None) -> dict[str, Any]:
     """Train on ``train_pairs``, centre on ``centre_texts`` (SFT samples), evaluate, save."""
-    from trl import RewardConfig, RewardTrainer
+    from rlhf.models import save_artifact
 
-    from rlhf.models import quiet_trainer, run_dir_callback, save_artifact, trainer_device_args
-
-    model, tok = reward_model_from_sft(sft_dir)
-    train_tok = tokenize_pairs(train_pairs, tok)
-    args = RewardConfig(
-        output_dir=str(out_dir.parent / "trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, seed=seed, lr_scheduler_type="linear",
-        max_length=None, **trainer_device_args(device),
-    )
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train_tok, processing_class=tok,
-                            callbacks=[run_dir_callback(run_dir, "reward")])
-    quiet_trainer(trainer)
-    result = trainer.train()
-    model = trainer.model.to("cpu")
+    model, tok = reward_model_from_sft(sft_dir, dropout=not cfg.disable_dropout)
+    if cfg.trainer == "grouped":
+        train_loss = train_grouped(cfg, model, tok, train_pairs, run_dir, seed, device)
+    else:
+        train_loss = _train_trl(cfg, model, tok, train_pairs, out_dir, run_dir, seed, device)
+    model = model.to("cpu")
     model.eval()
-    if centre_texts is None:
-        centre_texts = [p + c for p, c in zip(train_pairs["prompt"], train_pairs["chosen"])] + \
-                       [p + c for p, c in zip(train_pairs["prompt"], train_pairs["rejected"])]
+    if centre_texts is None:  # every distinct SFT sample the raters saw
+        centre_texts = list(dict.fromkeys([p + c for p, c in zip(train_pairs["prompt"], train_pairs["chosen"])] +
+                                          [p + c for p, c in zip(train_pairs["prompt"], train_pairs["rejected"])]))
     offset = float(score_texts(model, tok, centre_texts).mean())
-    metrics = {"train_loss": float(result.training_loss), "reward_offset": offset,
+    metrics = {"train_loss": train_loss, "reward_offset": offset,
                "train_accuracy": evaluate_pairs(model, tok, train_pairs, offset)["heldout_accuracy"]}
     metrics.update(evaluate_pairs(model, tok, heldout_pairs, offset, temperature))
     save_artifact(model, tok, out_dir, "reward", reward_offset=offset, parent={"sft": str(sft_dir)},
                   heldout=metrics)
     return metrics
+
+
+def _train_trl(cfg: RewardStageConfig, model, tok, train_pairs, out_dir: Path, run_dir, seed: int, device: str) -> float:
+    """The same loss through TRL's ``RewardTrainer`` (every pair forwarded on its own)."""
+    from trl import RewardConfig, RewardTrainer
+
+    from rlhf.models import quiet_trainer, run_dir_callback, trainer_device_args
+
+    args = RewardConfig(
+        output_dir=str(out_dir.parent / "trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, logging_steps=cfg.logging_steps, seed=seed,
+        lr_scheduler_type="linear", max_length=None, **trainer_device_args(device),
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize_pairs(train_pairs, tok), processing_class=tok,
+                            callbacks=[run_dir_callback(run_dir, "reward")])
+    quiet_trainer(trainer)
+    return float(trainer.train().training_loss)

@@ -43,7 +43,7 @@ def test_stages_chain_through_the_cli(sft_run, cli, cache, tmp_path):
 
     rm_dir = tmp_path / "reward"
     res = cli("rlhf", "reward", "--sft", str(sft_run), "--run-dir", str(rm_dir), *DATA,
-              "--set", "raters.pairs_per_prompt=2", "--set", "raters.max_new_tokens=48", env=cache)
+              "--set", "raters.completions_per_prompt=4", "--set", "raters.max_new_tokens=48", env=cache)
     assert res.returncode == 0, res.stderr[-2000:]
     rm = _result(rm_dir)
     assert 0.0 <= rm["heldout_accuracy"] <= 1.0 and "bayes_optimal_accuracy" in rm

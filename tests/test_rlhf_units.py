@@ -21,8 +21,8 @@ from rlhf.ppo import (
     kl_penalized_rewards,
     whiten,
 )
-from rlhf.raters import bayes_optimal_accuracy, load_preferences, preference_probability
-from rlhf.reward import bradley_terry_loss, bt_accuracy
+from rlhf.raters import bayes_optimal_accuracy, load_preferences, preference_probability, round_pairs
+from rlhf.reward import bradley_terry_loss, bt_accuracy, grouped_batches, preference_groups
 
 
 def mel(*notes: str, mode: str = "major", eos: bool = True) -> str:
@@ -136,6 +136,56 @@ def test_bayes_optimal_accuracy_of_the_raters():
     assert res["realised"] == pytest.approx((1 + 0 + 1 + 0.5) / 4)
     s2 = 1 / (1 + math.exp(-2))
     assert res["expected"] == pytest.approx((s2 + s2 + s2 + 0.5) / 4)
+
+
+def test_raters_label_every_pair_of_k_completions():
+    assert round_pairs(2) == ([0], [1])
+    i, j = round_pairs(4)
+    assert sorted(zip(i, j)) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+
+
+def test_grouped_batches_score_each_text_once_and_keep_every_pair():
+    import datasets
+
+    rows = [("x", " a", " b"), ("x", " c", " a"), ("x", " b", " c"), ("y", " a", " d"), ("y", " e", " a")]
+    ds = datasets.Dataset.from_dict({"prompt": [r[0] for r in rows], "chosen": [r[1] for r in rows],
+                                     "rejected": [r[2] for r in rows]})
+    groups = preference_groups(ds)
+    assert [len(g[0]) for g in groups] == [3, 3]  # x: a b c; y: a d e (texts include the prompt)
+    for max_texts in (2, 3, 4, 64):
+        seen = []
+        for texts, ch, rj in grouped_batches(groups, max_texts, np.random.default_rng(0)):
+            assert len(texts) == len(set(texts)) <= max_texts
+            seen += [(texts[c], texts[r]) for c, r in zip(ch, rj)]
+        assert sorted(seen) == sorted((p + c, p + r) for p, c, r in rows)  # every pair exactly once
+
+
+def test_grouped_reward_trainer_learns_a_token_preference(tmp_path):
+    """The BT trainer on a toy preference set (chosen = more p72 tokens) ranks held-out pairs."""
+    import datasets
+
+    from rlhf.models import save_artifact, tiny_gpt2
+    from rlhf.reward import RewardStageConfig, train_reward
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    save_artifact(tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64), tok, tmp_path / "sft", "sft")
+    rng = np.random.default_rng(0)
+
+    def pairs(n):
+        rows = {"prompt": [], "chosen": [], "rejected": []}
+        for _ in range(n):
+            a, b = sorted(rng.choice(6, size=2, replace=False))
+            filler = lambda k: " ".join(["p72 d1"] * k + ["p60 d1"] * (6 - k))  # noqa: E731
+            rows["prompt"].append("<bos> <major> p64 d1 |")
+            rows["chosen"].append(f" {filler(b)} <eos>")
+            rows["rejected"].append(f" {filler(a)} <eos>")
+        return datasets.Dataset.from_dict(rows)
+
+    cfg = RewardStageConfig(epochs=6, learning_rate=3e-3, texts_per_batch=8)
+    m = train_reward(cfg, tmp_path / "sft", pairs(60), pairs(30), tmp_path / "rm", device="cpu")
+    assert m["heldout_accuracy"] >= 0.9 and m["train_loss"] < 0.69
+    assert json.loads((tmp_path / "rm" / "reinforge.json").read_text())["stage"] == "reward"
 
 
 def test_preference_file_missing_chosen_is_refused(tmp_path):
