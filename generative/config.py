@@ -43,6 +43,7 @@ class GenConfig:
     gp_weight: float = 10.0  # WGAN-GP lambda
     clip_value: float = 0.01  # WGAN weight clipping
     lr_decay: Literal["none", "linear"] = "none"  # GANs: learning rate decays linearly to 0 over the run
+    ema_decay: float = 0.0  # GANs and DDPM: sample from an exponential moving average of G / eps (0 = off)
     # VAE family
     beta: float = 1.0  # weight of KL(q(z|x) || N(0, I))
     # DDPM
@@ -99,6 +100,8 @@ class GenConfig:
             raise ConfigError("gen.workers, gen.max_failures and gen.latent_dim must be >= 0")
         if self.learning_rate <= 0 or self.temperature <= 0 or self.beta < 0:
             raise ConfigError("gen.learning_rate and gen.temperature must be > 0 and gen.beta >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"gen.ema_decay={self.ema_decay} must be in [0, 1) (0 = no weight averaging; e.g. 0.999)")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ConfigError(f"gen.cond_drop={self.cond_drop} must be in [0, 1)")
         if not 0.0 < self.moco_momentum < 1.0:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from generative.nets import unwrap
+from generative.nets import ema_copy, unwrap
 from generative.unet import MLPDenoiser, UNet
 
 
@@ -147,12 +147,18 @@ class DDPMModel:
             self.net = MLPDenoiser(data_shape[0], cfg.hidden, num_classes=self.num_classes)
         self.net.to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
+        # gen.ema_decay > 0: sample from an exponential moving average of the weights (Ho et al.: 0.9999)
+        self.net_ema = ema_copy(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"eps": self.net}
+        return {"eps": self.net, **({"eps_ema": self.net_ema} if self.net_ema is not None else {})}
+
+    def trainable(self) -> set[str]:
+        return {"eps"}  # the averaged copy gets no gradients and is never wrapped for DDP
 
     def set_modules(self, mods: dict[str, nn.Module]) -> None:
         self.net = mods["eps"]
+        self.net_ema = mods.get("eps_ema", self.net_ema)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"eps": self.opt}
@@ -168,11 +174,13 @@ class DDPMModel:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.net_ema is not None:
+            self.net_ema.update_parameters(unwrap(self.net))
         return {"loss": float(loss.detach())}
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
-        net = unwrap(self.net)
+        net = self.net_ema.module if self.net_ema is not None else unwrap(self.net)
         net.eval()
         y = None
         if self.num_classes:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generative.nets import ConvDecoder, ConvEncoder, mlp, one_hot, unwrap
+from generative.nets import ConvDecoder, ConvEncoder, ema_copy, mlp, one_hot, unwrap
 
 
 # --- losses --------------------------------------------------------------------------------------
@@ -125,6 +125,8 @@ class GANModel:
             betas = (0.5, 0.9) if wgan else (0.5, 0.999)
             self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.learning_rate, betas=betas)
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.learning_rate, betas=betas)
+        # gen.ema_decay > 0: an averaged copy of G, used only for sampling and the metrics
+        self.G_ema = ema_copy(self.G, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.g_step = 0
         self.total_steps: int | None = None  # set by the training loop; drives gen.lr_decay
 
@@ -144,10 +146,14 @@ class GANModel:
 
     # the training loop wraps these for DDP and saves/restores them
     def modules(self) -> dict[str, nn.Module]:
-        return {"G": self.G, "D": self.D}
+        return {"G": self.G, "D": self.D, **({"G_ema": self.G_ema} if self.G_ema is not None else {})}
+
+    def trainable(self) -> set[str]:
+        return {"G", "D"}  # the averaged copy gets no gradients and is never wrapped for DDP
 
     def set_modules(self, mods: dict[str, nn.Module]) -> None:
         self.G, self.D = mods["G"], mods["D"]
+        self.G_ema = mods.get("G_ema", self.G_ema)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"G": self.opt_g, "D": self.opt_d}
@@ -200,13 +206,15 @@ class GANModel:
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()  # also fills D's grads; they are cleared before D's next step
         self.opt_g.step()
+        if self.G_ema is not None:
+            self.G_ema.update_parameters(unwrap(self.G))
         self.g_step += 1
         out["g_loss"] = float(g_loss.detach())
         return out
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None) -> torch.Tensor:
-        G = unwrap(self.G)
+        G = self.G_ema.module if self.G_ema is not None else unwrap(self.G)
         was = G.training
         G.eval()
         cond = None

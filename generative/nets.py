@@ -17,9 +17,40 @@ def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, out_act: nn.Module | N
     return nn.Sequential(*layers)
 
 
+def ema_copy(module: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``module``'s weights, used only for sampling:
+
+        theta_ema <- d_n theta_ema + (1 - d_n) theta,   d_n = min(decay, (1 + n) / (10 + n))
+
+    (n = updates so far). Averaging the generator removes the oscillation that leaves GAN samples
+    between modes (Yazici et al. 2019); DDPM samples from an EMA of its network (Ho et al. 2020).
+    torch's ``AveragedModel`` keeps the copy and the update count; the warm-up d_n (as in
+    TensorFlow's ExponentialMovingAverage with num_updates) is ours, so short runs are not
+    dominated by the initial weights. Buffers (batch-norm statistics) are averaged too.
+    """
+    from torch.optim.swa_utils import AveragedModel
+
+    @torch.no_grad()
+    def update(ema_params, params, n):
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1.0 - d)
+        for e, p in zip(ema_params, params):
+            if not e.is_floating_point():  # counters such as num_batches_tracked
+                e.copy_(p)
+
+    ema = AveragedModel(unwrap(module), multi_avg_fn=update, use_buffers=True)
+    ema.requires_grad_(False)
+    return ema
+
+
 def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module inside a DistributedDataParallel wrapper (state dicts without 'module.')."""
-    return getattr(module, "module", module)
+    """The plain module inside a DistributedDataParallel wrapper (state dicts without 'module.').
+    Other wrappers (an EMA's ``AveragedModel``) are kept: their state includes the update count."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 def one_hot(y: torch.Tensor | None, num_classes: int) -> torch.Tensor | None:

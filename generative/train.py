@@ -95,6 +95,8 @@ def restore(model, ckpt, cfg: GenConfig) -> tuple[int, int]:
     check_compatible(state, cfg, f"checkpoint {ckpt.path}")
     try:
         for k, m in model.modules().items():
+            if k.endswith("_ema") and k not in ckpt["model"]:
+                continue  # EMA switched on at resume: the average starts from the live weights
             unwrap(m).load_state_dict(ckpt["model"][k])
         for k, o in model.optimizers().items():
             if "optimizer" in ckpt.objects:

@@ -236,3 +236,47 @@ def test_clipped_x0_step_matches_algorithm_2_in_range_and_stays_in_range_outside
     far = ddpm.q_sample(sched, torch.full((8, 2), 5.0), torch.zeros(8, dtype=torch.long), noise)
     out = ddpm.p_sample(oracle, sched, far, 0, clip_x0=1.0)  # last step: the mean is the clipped x0
     assert torch.allclose(out, torch.ones(8, 2))
+
+
+def test_ema_copy_follows_the_warm_up_average_and_is_what_sampling_and_checkpoints_use(tmp_path):
+    from cluster.checkpoint import load_checkpoint, save_checkpoint
+    from cluster.errors import ConfigError
+    from generative.config import GenConfig
+    from generative.nets import ema_copy
+    from generative.train import build_model, checkpoint_objects, restore
+
+    net = torch.nn.Linear(2, 1)
+    ema = ema_copy(net, decay=0.9)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update_parameters(net)  # the first update copies
+    assert torch.allclose(ema.module.weight, torch.ones(1, 2))
+    with torch.no_grad():
+        net.weight.fill_(3.0)
+    ema.update_parameters(net)  # n = 1: d = min(0.9, 2 / 11)
+    d = 2 / 11
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), d * 1.0 + (1 - d) * 3.0))
+    assert not any(p.requires_grad for p in ema.parameters())
+    with pytest.raises(ConfigError, match="ema_decay"):
+        GenConfig(ema_decay=1.0).validate()
+
+    cfg = GenConfig(model="wgan-gp", data="ring8", hidden=8, critic_steps=1, ema_decay=0.99)
+    model = build_model(cfg)
+    for it in range(3):
+        model.train_step(torch.randn(16, 2), None, it)
+    assert int(model.G_ema.n_averaged) == 3 and "G_ema" not in model.trainable()
+    z_gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    sampled = model.sample(4)
+    torch.manual_seed(0)
+    assert torch.allclose(sampled, model.G_ema.module(torch.randn(4, cfg.z_dim)))
+    assert not torch.allclose(sampled, model.G(torch.randn(4, cfg.z_dim, generator=z_gen)))
+    save_checkpoint(tmp_path / "c", 1, checkpoint_objects(model, cfg, 1, 3))
+    fresh = build_model(cfg)
+    restore(fresh, load_checkpoint(tmp_path / "c"), cfg)
+    for a, b in zip(fresh.G_ema.parameters(), model.G_ema.parameters()):
+        assert torch.equal(a, b)
+    assert int(fresh.G_ema.n_averaged) == 3
+    ddpm_model = build_model(GenConfig(model="ddpm", data="ring8", hidden=8, ema_decay=0.9))
+    ddpm_model.train_step(torch.randn(8, 2), None, 0)
+    assert set(ddpm_model.modules()) == {"eps", "eps_ema"} and int(ddpm_model.net_ema.n_averaged) == 1
