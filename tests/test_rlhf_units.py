@@ -188,6 +188,24 @@ def test_grouped_reward_trainer_learns_a_token_preference(tmp_path):
     assert json.loads((tmp_path / "rm" / "reinforge.json").read_text())["stage"] == "reward"
 
 
+def test_sft_with_lora_on_a_local_model_dir_trains_only_the_adapted_layers(melodies, tmp_path):
+    """`sft.model=DIR sft.lora_r=4`: peft LoRA on c_attn/c_proj, merged into a plain HF artifact."""
+    from rlhf.models import load_policy, save_artifact, tiny_gpt2
+    from rlhf.sft import SFTStageConfig, train_sft
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    base = tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=256)
+    save_artifact(base, tok, tmp_path / "base", "sft")
+    cfg = SFTStageConfig(model=str(tmp_path / "base"), lora_r=4, max_steps=4, batch_size=4, learning_rate=1e-2)
+    train_sft(cfg, melodies, tmp_path / "out", device="cpu")
+    tuned, _ = load_policy(tmp_path / "out")
+    before, after = base.state_dict(), tuned.state_dict()
+    assert torch.equal(before["transformer.wte.weight"], after["transformer.wte.weight"])  # frozen
+    assert not torch.equal(before["transformer.h.0.attn.c_attn.weight"], after["transformer.h.0.attn.c_attn.weight"])
+    assert not any("lora" in k for k in after)  # adapters merged: a plain GPT-2 the next stage can read
+
+
 def test_preference_file_missing_chosen_is_refused(tmp_path):
     f = tmp_path / "prefs.jsonl"
     f.write_text(json.dumps({"prompt": "<bos> <major> p60 d1 |", "rejected": " p62 d1 <eos>"}) + "\n")
