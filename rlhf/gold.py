@@ -137,3 +137,23 @@ def gold_score(text: str) -> float:
 
 def gold_scores(texts: list[str]) -> list[float]:
     return [gold_score(t) for t in texts]
+
+
+# --- divergent raters ------------------------------------------------------------------------
+# Raters who weigh the same rules differently (DESIGN.md: several raters with different gold
+# rules model divergent preferences, as in variational preference learning). "gold" is the
+# evaluation reward; "tonal" hears only key and cadence, "melodic" only the line's shape. Each
+# sums to about the same maximum, so neither dominates a mixture by scale alone.
+_NEUTRAL = {"ends_with_eos": 1.0, "well_formed": 1.0, "reasonable_length": 1.0}
+RATER_PROFILES = {
+    "gold": WEIGHTS,
+    "tonal": {"notes_in_key": 3.0, "begins_on_tonic": 1.0, "ends_on_tonic": 3.0, **_NEUTRAL},
+    "melodic": {"leaps_resolved": 3.0, "motif_reuse": 3.0, "no_excess_repeats": 1.0, **_NEUTRAL},
+}
+
+
+def profile_score(text: str, profile: str = "gold") -> float:
+    """The score a rater of ``profile`` gives one melody (``gold`` is ``gold_score``)."""
+    weights = RATER_PROFILES[profile]
+    rules = gold_rules(text)
+    return sum(w * rules[k] for k, w in weights.items())

@@ -18,7 +18,7 @@ format are read by ``load_preferences``.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class RaterConfig:
     train_prompts: int | None = None  # cap on train melodies used as prompts (None = all)
     temperature: float = 0.5  # T of the Bradley-Terry labeller; lower = less noisy labels
     max_new_tokens: int = 112
+    profiles: list[str] = field(default_factory=lambda: ["gold"])  # rater kinds, one drawn per round (rlhf.gold.RATER_PROFILES)
     preferences: str | None = None  # a user preference set (json/jsonl/csv/parquet or a saved dataset dir)
 
     def validate(self) -> None:
@@ -47,6 +48,11 @@ class RaterConfig:
             raise ConfigError("raters.temperature must be > 0 (e.g. 0.5)")
         if self.max_new_tokens < 1:
             raise ConfigError("raters.max_new_tokens must be >= 1")
+        from rlhf.gold import RATER_PROFILES
+
+        bad = [p for p in self.profiles if p not in RATER_PROFILES]
+        if bad or not self.profiles:
+            raise ConfigError(f"raters.profiles={self.profiles}: each must be one of {', '.join(RATER_PROFILES)}")
 
 
 def sigmoid(x):
@@ -72,16 +78,23 @@ def bayes_optimal_accuracy(gold_chosen, gold_rejected, temperature: float | None
 
 
 def label_pairs(prompts: list[str], comps_a: list[str], comps_b: list[str], gold_a, gold_b,
-                temperature: float, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Sample a preference for each pair; returns TRL-format rows."""
-    p = preference_probability(gold_a, gold_b, temperature)
-    a_wins = rng.random(len(p)) < p
+                temperature: float, rng: np.random.Generator, rater_a=None, rater_b=None,
+                raters: list[str] | None = None) -> list[dict[str, Any]]:
+    """Sample a preference for each pair; returns TRL-format rows. The label comes from the
+    rater's scores (``rater_a``/``rater_b``, default the gold); ``gold_*`` columns keep the
+    evaluation gold either way."""
+    rater_a = gold_a if rater_a is None else rater_a
+    rater_b = gold_b if rater_b is None else rater_b
+    a_wins = rng.random(len(prompts)) < preference_probability(rater_a, rater_b, temperature)
     rows = []
     for i, prompt in enumerate(prompts):
-        win, lose = (comps_a[i], comps_b[i]) if a_wins[i] else (comps_b[i], comps_a[i])
-        gw, gl = (gold_a[i], gold_b[i]) if a_wins[i] else (gold_b[i], gold_a[i])
-        rows.append({"prompt": prompt, "chosen": win, "rejected": lose,
-                     "gold_chosen": float(gw), "gold_rejected": float(gl)})
+        w, lo = (0, 1) if a_wins[i] else (1, 0)
+        comps, gold, rater = (comps_a[i], comps_b[i]), (gold_a[i], gold_b[i]), (rater_a[i], rater_b[i])
+        row = {"prompt": prompt, "chosen": comps[w], "rejected": comps[lo],
+               "gold_chosen": float(gold[w]), "gold_rejected": float(gold[lo])}
+        if raters is not None:
+            row.update(rater=raters[i], rater_chosen=float(rater[w]), rater_rejected=float(rater[lo]))
+        rows.append(row)
     return rows
 
 
@@ -92,10 +105,11 @@ def round_pairs(k: int) -> tuple[list[int], list[int]]:
 
 
 def simulate_preferences(model, tokenizer, prompts: list[str], cfg: RaterConfig, seed: int = 0):
-    """For each (prompt, round): sample K completions from ``model`` and label all their pairs."""
+    """For each (prompt, round): sample K completions from ``model``; a rater (one of
+    ``cfg.profiles``, drawn per round) labels all their pairs."""
     import datasets
 
-    from rlhf.gold import gold_score
+    from rlhf.gold import gold_score, profile_score
     from rlhf.models import sample
 
     k = cfg.completions_per_prompt
@@ -103,15 +117,22 @@ def simulate_preferences(model, tokenizer, prompts: list[str], cfg: RaterConfig,
     ids = sample(model, tokenizer, [p for p in rounds for _ in range(k)], cfg.max_new_tokens, temperature=1.0,
                  generator_seed=seed)
     texts = [" " + tokenizer.decode(c).strip() for c in ids]
-    gold = [gold_score(p + c) for p, c in zip((p for p in rounds for _ in range(k)), texts)]
+    full = [rounds[n // k] + t for n, t in enumerate(texts)]
+    gold = [gold_score(t) for t in full]
+    rng = np.random.default_rng(seed)
+    divergent = cfg.profiles != ["gold"]
+    who = [cfg.profiles[i] for i in rng.integers(len(cfg.profiles), size=len(rounds))] if divergent else None
+    rater = [profile_score(t, who[n // k]) for n, t in enumerate(full)] if divergent else gold
     ii, jj = round_pairs(k)
-    pr, a, b, ga, gb = [], [], [], [], []
+    cols: dict[str, list] = {key: [] for key in ("prompt", "a", "b", "ga", "gb", "ra", "rb", "who")}
     for r, prompt in enumerate(rounds):
         for i, j in zip(ii, jj):
-            pr.append(prompt)
-            a.append(texts[r * k + i]), b.append(texts[r * k + j])
-            ga.append(gold[r * k + i]), gb.append(gold[r * k + j])
-    rows = label_pairs(pr, a, b, ga, gb, cfg.temperature, np.random.default_rng(seed))
+            a, b = r * k + i, r * k + j
+            for key, val in zip(cols, (prompt, texts[a], texts[b], gold[a], gold[b], rater[a], rater[b],
+                                       who[r] if divergent else None)):
+                cols[key].append(val)
+    rows = label_pairs(cols["prompt"], cols["a"], cols["b"], cols["ga"], cols["gb"], cfg.temperature, rng,
+                       cols["ra"], cols["rb"], cols["who"] if divergent else None)
     return datasets.Dataset.from_list(rows)
 
 

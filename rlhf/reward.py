@@ -209,14 +209,47 @@ def evaluate_pairs(model, tokenizer, ds, offset: float = 0.0, temperature: float
     rc, rr = pair_scores(model, tokenizer, ds, offset)
     out = {"heldout_pairs": len(rc), "heldout_accuracy": bt_accuracy(rc, rr),
            "heldout_bt_loss": float(bradley_terry_loss(torch.tensor(rc), torch.tensor(rr)))}
+    if "rater" in ds.column_names:
+        out.update(divergent_raters_report(rc, rr, ds, temperature))
     if "gold_chosen" in ds.column_names:
         from rlhf.raters import bayes_optimal_accuracy
 
-        bayes = bayes_optimal_accuracy(list(ds["gold_chosen"]), list(ds["gold_rejected"]), temperature)
+        labeller = ("rater_chosen", "rater_rejected") if "rater_chosen" in ds.column_names else ("gold_chosen", "gold_rejected")
+        bayes = bayes_optimal_accuracy(list(ds[labeller[0]]), list(ds[labeller[1]]), temperature)
         out["bayes_optimal_accuracy"] = bayes["realised"]
         if "expected" in bayes:
             out["bayes_optimal_accuracy_expected"] = bayes["expected"]
         out["accuracy_gap"] = out["bayes_optimal_accuracy"] - out["heldout_accuracy"]
+    return out
+
+
+def divergent_raters_report(rc, rr, ds, temperature: float | None) -> dict[str, float]:
+    """Pairs labelled by several kinds of rater (``rater`` column): per kind, the reward model's
+    accuracy on that kind's pairs next to its Bayes-optimal accuracy; the accuracy of the one
+    reward that averages the kinds' scores; and how the reward model's score correlates with
+    each kind's score and with their average. A single Bradley-Terry model cannot know who
+    labelled a pair, so it learns something close to the average (DESIGN.md)."""
+    from rlhf.gold import profile_score
+    from rlhf.raters import bayes_optimal_accuracy
+
+    kinds = sorted(set(ds["rater"]))
+    who = np.array(ds["rater"])
+    full_c = [p + c for p, c in zip(ds["prompt"], ds["chosen"])]
+    full_r = [p + c for p, c in zip(ds["prompt"], ds["rejected"])]
+    texts = list(dict.fromkeys(full_c + full_r))
+    kind_score = {k: {t: profile_score(t, k) for t in texts} for k in kinds}
+    mean = {t: float(np.mean([kind_score[k][t] for k in kinds])) for t in texts}
+    out: dict[str, float] = {"single_reward_ceiling": bt_accuracy([mean[t] for t in full_c], [mean[t] for t in full_r])}
+    rm = dict(zip(full_c + full_r, np.concatenate([rc, rr])))
+    rm_vec = np.array([rm[t] for t in texts])
+    for k in kinds:
+        m = who == k
+        out[f"rater_{k}/pairs"] = int(m.sum())
+        out[f"rater_{k}/heldout_accuracy"] = bt_accuracy(rc[m], rr[m])
+        out[f"rater_{k}/bayes_optimal_accuracy"] = bayes_optimal_accuracy(
+            np.array(ds["rater_chosen"])[m], np.array(ds["rater_rejected"])[m], temperature)["realised"]
+        out[f"rater_{k}/score_correlation"] = float(np.corrcoef(rm_vec, [kind_score[k][t] for t in texts])[0, 1])
+    out["mean_score_correlation"] = float(np.corrcoef(rm_vec, [mean[t] for t in texts])[0, 1])
     return out
 
 

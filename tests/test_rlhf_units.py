@@ -144,6 +144,35 @@ def test_raters_label_every_pair_of_k_completions():
     assert sorted(zip(i, j)) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 
 
+def test_divergent_raters_label_rounds_and_a_single_reward_is_reported_against_them():
+    """raters.profiles=[tonal, melodic]: one rater kind per round labels all its pairs; the
+    reward stage's report compares a reward with each kind's Bayes-optimal accuracy."""
+    from rlhf.models import tiny_gpt2
+    from rlhf.raters import RaterConfig, simulate_preferences
+    from rlhf.reward import divergent_raters_report
+
+    with pytest.raises(ConfigError, match="raters.profiles=.*one of gold, tonal, melodic"):
+        RaterConfig(profiles=["tonal", "harmonic"]).validate()
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    policy = tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    cfg = RaterConfig(pairs_per_prompt=4, completions_per_prompt=3, max_new_tokens=12, profiles=["tonal", "melodic"])
+    cfg.validate()
+    ds = simulate_preferences(policy, tok, ["<bos> <major> p60 d1 |", "<bos> <minor> p67 d1 |"], cfg, seed=0)
+    assert len(ds) == 2 * 4 * 3 and set(ds["rater"]) <= {"tonal", "melodic"}
+    for row in ds:  # every label came from that round's rater, gold kept beside it
+        assert row["rater_chosen"] == pytest.approx(gold.profile_score(row["prompt"] + row["chosen"], row["rater"]))
+        assert row["gold_chosen"] == pytest.approx(gold.gold_score(row["prompt"] + row["chosen"]))
+    # a "reward model" that is exactly the average of the two kinds: correlation 1 with the mean
+    mean = lambda t: (gold.profile_score(t, "tonal") + gold.profile_score(t, "melodic")) / 2  # noqa: E731
+    rc = np.array([mean(p + c) for p, c in zip(ds["prompt"], ds["chosen"])])
+    rr = np.array([mean(p + c) for p, c in zip(ds["prompt"], ds["rejected"])])
+    rep = divergent_raters_report(rc, rr, ds, 0.5)
+    assert rep["mean_score_correlation"] == pytest.approx(1.0)
+    assert rep["single_reward_ceiling"] == pytest.approx(bt_accuracy(rc, rr))
+    assert sum(rep[f"rater_{k}/pairs"] for k in ("tonal", "melodic") if f"rater_{k}/pairs" in rep) == len(ds)
+
+
 def test_grouped_batches_score_each_text_once_and_keep_every_pair():
     import datasets
 
