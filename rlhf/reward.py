@@ -104,14 +104,32 @@ def tokenize_pairs(ds, tokenizer):
 
 
 def preference_groups(ds) -> list[tuple[list[str], list[int], list[int]]]:
-    """A TRL preference set grouped by prompt: per group, its distinct full texts (prompt +
-    completion) and, for every pair, the index of the chosen and of the rejected text."""
-    groups: dict[str, tuple[dict[str, int], list[int], list[int]]] = {}
+    """A TRL preference set split into groups of pairs that share texts: per prompt, the
+    connected components of its "compared with" graph (one per rating round of K completions,
+    even when several rounds or melodies share a prompt). Per group: its distinct full texts
+    (prompt + completion) and, for every pair, the index of the chosen and the rejected text."""
+    by_prompt: dict[str, list[tuple[str, str]]] = {}
     for prompt, chosen, rejected in zip(ds["prompt"], ds["chosen"], ds["rejected"]):
-        index, ch, rj = groups.setdefault(prompt, ({}, [], []))
-        ch.append(index.setdefault(prompt + chosen, len(index)))
-        rj.append(index.setdefault(prompt + rejected, len(index)))
-    return [(list(index), ch, rj) for index, ch, rj in groups.values()]
+        by_prompt.setdefault(prompt, []).append((prompt + chosen, prompt + rejected))
+    groups = []
+    for pairs in by_prompt.values():
+        parent: dict[str, str] = {}
+
+        def root(t: str) -> str:
+            while parent.setdefault(t, t) != t:
+                parent[t] = parent[parent[t]]
+                t = parent[t]
+            return t
+
+        for a, b in pairs:
+            parent[root(a)] = root(b)
+        components: dict[str, tuple[dict[str, int], list[int], list[int]]] = {}
+        for a, b in pairs:
+            index, ch, rj = components.setdefault(root(a), ({}, [], []))
+            ch.append(index.setdefault(a, len(index)))
+            rj.append(index.setdefault(b, len(index)))
+        groups += [(list(index), ch, rj) for index, ch, rj in components.values()]
+    return groups
 
 
 def grouped_batches(groups, max_texts: int, rng: np.random.Generator):
