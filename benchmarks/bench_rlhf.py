@@ -128,12 +128,19 @@ def main() -> None:
                    "overoptimisation_after_kl": best["kl"] if best is not curve[-1] else None}
 
     # 4. TRL RLOO on the same model, prompts, reward and completions per step
-    peer = run_rloo(work, train_prompts, pcfg, budget_s=t_ppo.seconds, quick=quick)
-    if peer.get("model_dir"):
-        ev = evaluate_policy(Path(peer["model_dir"]), held_prompts, work / "sft", work / "reward",
-                             samples_per_prompt=1 if quick else 4, max_new_tokens=max_new)
-        peer.update(gold=ev["gold_reward"], kl=ev["kl_to_reference"], proxy=ev["proxy_reward"])
-    info["rloo"] = peer
+    # RLOO is run at PPO's learning rate and at 1/3 and 1/10 of it (a peer gets a small sweep,
+    # not just our setting); each for PPO's wall-clock time.
+    peers = []
+    for lr in ([pcfg.learning_rate] if quick else [pcfg.learning_rate * f for f in RLOO_LR_FACTORS]):
+        peer = run_rloo(work, train_prompts, pcfg, budget_s=t_ppo.seconds, quick=quick, learning_rate=lr)
+        if peer.get("model_dir"):
+            ev = evaluate_policy(Path(peer["model_dir"]), held_prompts, work / "sft", work / "reward",
+                                 samples_per_prompt=1 if quick else EVAL_SAMPLES, max_new_tokens=max_new)
+            peer.update(gold=ev["gold_reward"], kl=ev["kl_to_reference"], proxy=ev["proxy_reward"])
+        peers.append({**peer, "learning_rate": lr})
+        print(f"TRL RLOO lr {lr:g}: " + (f"gold {peer['gold']:.3f} kl {peer['kl']:.2f}" if "gold" in peer
+                                          else peer.get("error", "did not run")), flush=True)
+    info["rloo"] = peers
 
     # 5. DPO baseline (same preference set)
     if not args.no_dpo:
@@ -157,12 +164,14 @@ def main() -> None:
         {"system": f"PPO best@{best['iteration']}", "iteration_s": None, "wall_s": None,
          "gold": best["gold"], "kl": best["kl"], "proxy": best["proxy"], "gold/min": None},
     ]
-    if "gold" in peer:
-        rows.append({"system": "TRL RLOO", "iteration_s": peer["iteration_s"], "wall_s": peer["wall_s"],
-                     "gold": peer["gold"], "kl": peer["kl"], "proxy": peer["proxy"],
-                     "gold/min": (peer["gold"] - sft_gold) / (peer["wall_s"] / 60)})
-    else:
-        rows.append({"system": "TRL RLOO", "note": peer.get("error", "did not run")})
+    for peer in peers:
+        name = f"TRL RLOO lr {peer['learning_rate']:g}"
+        if "gold" in peer:
+            rows.append({"system": name, "iteration_s": peer["iteration_s"], "wall_s": peer["wall_s"],
+                         "gold": peer["gold"], "kl": peer["kl"], "proxy": peer["proxy"],
+                         "gold/min": (peer["gold"] - sft_gold) / (peer["wall_s"] / 60)})
+        else:
+            rows.append({"system": name, "note": peer.get("error", "did not run")[:60]})
     if "dpo" in info:
         rows.append({"system": "TRL DPO", "wall_s": info["dpo"]["seconds"],
                      "gold": info["dpo"]["gold"], "kl": info["dpo"]["kl"], "proxy": info["dpo"]["proxy"]})
@@ -188,6 +197,7 @@ TRAIN_K = 12  # train: one rating round of 12 completions per prompt, all 66 pai
 HELD_PAIRS = 10  # held-out: 10 independent pairs per prompt (~1,100 pairs)
 RM_EPOCHS, RM_LR, RM_TEXTS, RM_WD = 6.0, 1e-3, 48, 0.01
 PPO_ITERS, PPO_LR, PPO_BETA, EVAL_SAMPLES = 60, 1e-4, 0.01, 2
+RLOO_LR_FACTORS = (1.0, 1 / 3, 1 / 10)
 
 
 def gold_max() -> float:
@@ -196,7 +206,7 @@ def gold_max() -> float:
     return MAX_SCORE
 
 
-def run_rloo(work: Path, train_prompts: list[str], pcfg, budget_s: float, quick: bool) -> dict:
+def run_rloo(work: Path, train_prompts: list[str], pcfg, budget_s: float, quick: bool, learning_rate: float) -> dict:
     """TRL's RLOOTrainer for about ``budget_s`` seconds; the same reward model and penalty."""
     import json as _json
 
@@ -233,7 +243,7 @@ def run_rloo(work: Path, train_prompts: list[str], pcfg, budget_s: float, quick:
     gens = 4
     cfg = RLOOConfig(output_dir=str(work / "rloo-trainer"), per_device_train_batch_size=pcfg.batch_size,
                      num_generations=gens, max_completion_length=pcfg.max_new_tokens, temperature=1.0, top_k=0,
-                     top_p=1.0, beta=pcfg.kl_coef, learning_rate=pcfg.learning_rate, max_steps=10_000,
+                     top_p=1.0, beta=pcfg.kl_coef, learning_rate=learning_rate, max_steps=10_000,
                      logging_steps=1, seed=0, **trainer_device_args("auto"))
     ds = datasets.Dataset.from_dict({"prompt": train_prompts * 50})
     try:
@@ -247,7 +257,7 @@ def run_rloo(work: Path, train_prompts: list[str], pcfg, budget_s: float, quick:
     except Exception as exc:  # report, do not fake a number
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return {"error": f"RLOOTrainer failed here: {type(exc).__name__}: {first}"}
-    out = work / "rloo"
+    out = work / f"rloo-lr{learning_rate:g}"
     trainer.model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     steps = max(1, res.global_step)
