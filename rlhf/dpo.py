@@ -18,11 +18,14 @@ class DPOStageConfig:
     epochs: float = 3.0
     batch_size: int = 16
     learning_rate: float = 1e-4
+    max_pairs: int = 0  # > 0: train on a seeded random subset of this many pairs (K-wise sets are large)
     logging_steps: int = 10
 
     def validate(self) -> None:
         if self.beta <= 0 or self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1:
             raise ConfigError("dpo.beta, dpo.epochs and dpo.learning_rate must be > 0, dpo.batch_size >= 1")
+        if self.max_pairs < 0:
+            raise ConfigError("dpo.max_pairs must be >= 0 (0 = every pair)")
 
 
 def tokenize_dpo(ds, tokenizer):
@@ -42,6 +45,8 @@ def train_dpo(cfg: DPOStageConfig, sft_dir: Path, pairs, out_dir: Path, run_dir=
 
     from rlhf.models import load_policy, quiet_trainer, run_dir_callback, save_artifact, trainer_device_args
 
+    if 0 < cfg.max_pairs < len(pairs):
+        pairs = pairs.shuffle(seed=seed).select(range(cfg.max_pairs))
     model, tok = load_policy(sft_dir, "--sft")
     ref, _ = load_policy(sft_dir, "--sft")
     args = DPOConfig(
@@ -56,4 +61,4 @@ def train_dpo(cfg: DPOStageConfig, sft_dir: Path, pairs, out_dir: Path, run_dir=
     model = trainer.model.to("cpu")
     model.config.use_cache = True
     save_artifact(model, tok, out_dir, "dpo", parent={"sft": str(sft_dir)}, beta=cfg.beta)
-    return {"train_loss": float(result.training_loss), "steps": int(result.global_step)}
+    return {"train_loss": float(result.training_loss), "steps": int(result.global_step), "dpo_pairs": len(pairs)}
