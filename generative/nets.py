@@ -22,7 +22,7 @@ def ema_copy(module: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
 
         theta_ema <- d_n theta_ema + (1 - d_n) theta,   d_n = min(decay, (1 + n) / (10 + n))
 
-    (n = updates so far). Averaging the generator removes the oscillation that leaves GAN samples
+    (n = updates so far). Averaging the generator damps the oscillation that leaves GAN samples
     between modes (Yazici et al. 2019); DDPM samples from an EMA of its network (Ho et al. 2020).
     torch's ``AveragedModel`` keeps the copy and the update count; the warm-up d_n (as in
     TensorFlow's ExponentialMovingAverage with num_updates) is ours, so short runs are not
