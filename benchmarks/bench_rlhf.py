@@ -188,7 +188,7 @@ def main() -> None:
     print_table(rows, ["system", "iteration_s", "wall_s", "gold", "kl", "proxy", "gold/min", "note"],
                 title=f"RLHF policies on {len(held_prompts)} held-out prompts (gold max {gold_max():.1f})")
     path = write_results("rlhf", rows, args.out, details=info)
-    print(f"results: {path}")
+    print(f"results: {path}\nplot: {plot_curve(curve, peers, Path(args.out) / 'rlhf-gold-vs-kl.png')}")
 
 
 # measured choices for the full benchmark (see the README's RLHF section for the numbers)
@@ -198,6 +198,34 @@ HELD_PAIRS = 10  # held-out: 10 independent pairs per prompt (~1,100 pairs)
 RM_EPOCHS, RM_LR, RM_TEXTS, RM_WD = 6.0, 1e-3, 48, 0.01
 PPO_ITERS, PPO_LR, PPO_BETA, EVAL_SAMPLES = 60, 1e-4, 0.01, 2
 RLOO_LR_FACTORS = (1.0, 1 / 3, 1 / 10)
+
+
+def plot_curve(curve: list[dict], peers: list[dict], path: Path) -> Path:
+    """Held-out gold and proxy reward against KL to the SFT prior along PPO (the
+    over-optimisation curve, Gao et al. 2022), with the RLOO end points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_g, ax_p) = plt.subplots(1, 2, figsize=(10, 4))
+    kl = [c["kl"] for c in curve]
+    ax_g.plot(kl, [c["gold"] for c in curve], "o-", label="reinforge PPO (every 4 iterations)")
+    ax_p.plot(kl, [c["proxy"] for c in curve], "o-", label="reinforge PPO")
+    for c in curve[::4]:
+        ax_g.annotate(str(c["iteration"]), (c["kl"], c["gold"]), fontsize=7)
+    for peer in peers:
+        if "gold" in peer and peer["kl"] < 10 * max(kl + [1.0]):
+            ax_g.plot([peer["kl"]], [peer["gold"]], "s", label=f"TRL RLOO lr {peer['learning_rate']:g} (end)")
+    ax_g.axhline(curve[0]["gold"], color="grey", ls=":", label="SFT prior")
+    ax_g.set(xlabel="KL(pi || pi_SFT) per sequence, nats", ylabel="held-out gold reward", title="gold vs KL")
+    ax_p.set(xlabel="KL(pi || pi_SFT) per sequence, nats", ylabel="reward-model score (proxy)", title="proxy vs KL")
+    ax_g.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def gold_max() -> float:
