@@ -189,8 +189,9 @@ def test_grouped_batches_score_each_text_once_and_keep_every_pair():
         assert sorted(seen) == sorted((p + c, p + r) for p, c, r in rows)  # every pair exactly once
 
 
-def test_grouped_reward_trainer_learns_a_token_preference(tmp_path):
-    """The BT trainer on a toy preference set (chosen = more p72 tokens) ranks held-out pairs."""
+@pytest.mark.parametrize("trainer", ["grouped", pytest.param("trl", marks=pytest.mark.slow)])
+def test_reward_trainers_learn_a_token_preference(tmp_path, trainer):
+    """Both BT trainers on a toy preference set (chosen = more p72 tokens) rank held-out pairs."""
     import datasets
 
     from rlhf.models import save_artifact, tiny_gpt2
@@ -211,7 +212,7 @@ def test_grouped_reward_trainer_learns_a_token_preference(tmp_path):
             rows["rejected"].append(f" {filler(a)} <eos>")
         return datasets.Dataset.from_dict(rows)
 
-    cfg = RewardStageConfig(epochs=6, learning_rate=3e-3, texts_per_batch=8)
+    cfg = RewardStageConfig(trainer=trainer, epochs=6, learning_rate=3e-3, texts_per_batch=8, batch_size=8)
     m = train_reward(cfg, tmp_path / "sft", pairs(60), pairs(30), tmp_path / "rm", device="cpu")
     assert m["heldout_accuracy"] >= 0.9 and m["train_loss"] < 0.69
     assert json.loads((tmp_path / "rm" / "reinforge.json").read_text())["stage"] == "reward"
