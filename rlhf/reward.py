@@ -113,23 +113,23 @@ def preference_groups(ds) -> list[tuple[list[str], list[int], list[int]]]:
         by_prompt.setdefault(prompt, []).append((prompt + chosen, prompt + rejected))
     groups = []
     for pairs in by_prompt.values():
-        parent: dict[str, str] = {}
-
-        def root(t: str) -> str:
-            while parent.setdefault(t, t) != t:
-                parent[t] = parent[parent[t]]
-                t = parent[t]
-            return t
-
+        parent: dict[str, str] = {}  # union-find over texts
         for a, b in pairs:
-            parent[root(a)] = root(b)
+            parent[_root(parent, a)] = _root(parent, b)
         components: dict[str, tuple[dict[str, int], list[int], list[int]]] = {}
         for a, b in pairs:
-            index, ch, rj = components.setdefault(root(a), ({}, [], []))
+            index, ch, rj = components.setdefault(_root(parent, a), ({}, [], []))
             ch.append(index.setdefault(a, len(index)))
             rj.append(index.setdefault(b, len(index)))
         groups += [(list(index), ch, rj) for index, ch, rj in components.values()]
     return groups
+
+
+def _root(parent: dict[str, str], t: str) -> str:
+    while parent.setdefault(t, t) != t:
+        parent[t] = parent[parent[t]]
+        t = parent[t]
+    return t
 
 
 def grouped_batches(groups, max_texts: int, rng: np.random.Generator):
