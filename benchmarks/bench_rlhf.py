@@ -72,7 +72,7 @@ def main() -> None:
 
     # 2. raters + reward model
     policy, tok = load_policy(work / "sft")
-    rcfg = RaterConfig(pairs_per_prompt=1, completions_per_prompt=4 if quick else TRAIN_K, temperature=0.5,
+    rcfg = RaterConfig(pairs_per_prompt=1 if quick else TRAIN_ROUNDS, completions_per_prompt=4 if quick else TRAIN_K, temperature=0.5,
                        max_new_tokens=max_new)
     with Timer() as t:
         prefs = work / "preferences"
@@ -193,7 +193,7 @@ def main() -> None:
 
 # measured choices for the full benchmark (see the README's RLHF section for the numbers)
 BENCH_FILES = "kinder0,ballad40,boehme20,altdeu10"  # ~1,070 Essen songs, 735 fit 128 tokens
-TRAIN_K = 12  # train: one rating round of 12 completions per prompt, all 66 pairs labelled (~41k pairs)
+TRAIN_ROUNDS, TRAIN_K = 2, 12  # train: two rating rounds of 12 completions per prompt, all 66 pairs of each labelled (~82k pairs)
 HELD_PAIRS = 10  # held-out: 10 independent pairs per prompt (~1,100 pairs)
 RM_EPOCHS, RM_LR, RM_TEXTS, RM_WD = 6.0, 1e-3, 48, 0.01
 PPO_ITERS, PPO_LR, PPO_BETA, EVAL_SAMPLES = 60, 1e-4, 0.01, 2
