@@ -124,15 +124,15 @@ def simulate_preferences(model, tokenizer, prompts: list[str], cfg: RaterConfig,
     who = [cfg.profiles[i] for i in rng.integers(len(cfg.profiles), size=len(rounds))] if divergent else None
     rater = [profile_score(t, who[n // k]) for n, t in enumerate(full)] if divergent else gold
     ii, jj = round_pairs(k)
-    cols: dict[str, list] = {key: [] for key in ("prompt", "a", "b", "ga", "gb", "ra", "rb", "who")}
-    for r, prompt in enumerate(rounds):
-        for i, j in zip(ii, jj):
-            a, b = r * k + i, r * k + j
-            for key, val in zip(cols, (prompt, texts[a], texts[b], gold[a], gold[b], rater[a], rater[b],
-                                       who[r] if divergent else None)):
-                cols[key].append(val)
-    rows = label_pairs(cols["prompt"], cols["a"], cols["b"], cols["ga"], cols["gb"], cfg.temperature, rng,
-                       cols["ra"], cols["rb"], cols["who"] if divergent else None)
+    a = [r * k + i for r in range(len(rounds)) for i in ii]  # sample index of each pair's first text
+    b = [r * k + j for r in range(len(rounds)) for j in jj]
+
+    def pick(xs, idx):
+        return [xs[n] for n in idx]
+
+    rows = label_pairs([rounds[n // k] for n in a], pick(texts, a), pick(texts, b),
+                       pick(gold, a), pick(gold, b), cfg.temperature, rng, pick(rater, a), pick(rater, b),
+                       [who[n // k] for n in a] if divergent else None)
     return datasets.Dataset.from_list(rows)
 
 

@@ -211,20 +211,27 @@ def score_texts(model, tokenizer, texts: list[str], offset: float = 0.0, batch_s
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def pair_scores(model, tokenizer, ds, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Reward of every pair's chosen and rejected text, each distinct text scored once."""
+def full_texts(ds) -> tuple[list[str], list[str], list[str]]:
+    """Prompt + chosen and prompt + rejected of every pair, and the distinct texts among them."""
     full_c = [p + c for p, c in zip(ds["prompt"], ds["chosen"])]
     full_r = [p + c for p, c in zip(ds["prompt"], ds["rejected"])]
-    texts = list(dict.fromkeys(full_c + full_r))
-    r = dict(zip(texts, score_texts(model, tokenizer, texts, offset)))
-    return np.array([r[t] for t in full_c]), np.array([r[t] for t in full_r])
+    return full_c, full_r, list(dict.fromkeys(full_c + full_r))
+
+
+def pair_scores(model, tokenizer, ds, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Reward of every pair's chosen and rejected text, each distinct text scored once, and the
+    mean reward over those distinct texts."""
+    full_c, full_r, texts = full_texts(ds)
+    scores = score_texts(model, tokenizer, texts, offset)
+    r = dict(zip(texts, scores))
+    return np.array([r[t] for t in full_c]), np.array([r[t] for t in full_r]), float(scores.mean())
 
 
 def evaluate_pairs(model, tokenizer, ds, offset: float = 0.0, temperature: float | None = None) -> dict[str, float]:
     """Held-out BT loss and accuracy; with gold columns, the Bayes-optimal accuracy beside it."""
     import torch
 
-    rc, rr = pair_scores(model, tokenizer, ds, offset)
+    rc, rr, _ = pair_scores(model, tokenizer, ds, offset)
     out = {"heldout_pairs": len(rc), "heldout_accuracy": bt_accuracy(rc, rr),
            "heldout_bt_loss": float(bradley_terry_loss(torch.tensor(rc), torch.tensor(rr)))}
     if "rater" in ds.column_names:
@@ -252,9 +259,7 @@ def divergent_raters_report(rc, rr, ds, temperature: float | None) -> dict[str, 
 
     kinds = sorted(set(ds["rater"]))
     who = np.array(ds["rater"])
-    full_c = [p + c for p, c in zip(ds["prompt"], ds["chosen"])]
-    full_r = [p + c for p, c in zip(ds["prompt"], ds["rejected"])]
-    texts = list(dict.fromkeys(full_c + full_r))
+    full_c, full_r, texts = full_texts(ds)
     kind_score = {k: {t: profile_score(t, k) for t in texts} for k in kinds}
     mean = {t: float(np.mean([kind_score[k][t] for k in kinds])) for t in texts}
     out: dict[str, float] = {"single_reward_ceiling": bt_accuracy([mean[t] for t in full_c], [mean[t] for t in full_r])}
@@ -272,9 +277,8 @@ def divergent_raters_report(rc, rr, ds, temperature: float | None) -> dict[str, 
 
 
 def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pairs, out_dir: Path,
-                 run_dir=None, seed: int = 0, device: str = "auto", temperature: float | None = None,
-                 centre_texts: list[str] | None = None) -> dict[str, Any]:
-    """Train on ``train_pairs``, centre on ``centre_texts`` (SFT samples), evaluate, save."""
+                 run_dir=None, seed: int = 0, device: str = "auto", temperature: float | None = None) -> dict[str, Any]:
+    """Train on ``train_pairs``, centre on the distinct SFT samples they compare, evaluate, save."""
     from rlhf.models import save_artifact
 
     model, tok = reward_model_from_sft(sft_dir, dropout=not cfg.disable_dropout)
@@ -284,12 +288,8 @@ def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pai
         train_loss = _train_trl(cfg, model, tok, train_pairs, out_dir, run_dir, seed, device)
     model = model.to("cpu")
     model.eval()
-    if centre_texts is None:  # every distinct SFT sample the raters saw
-        centre_texts = list(dict.fromkeys([p + c for p, c in zip(train_pairs["prompt"], train_pairs["chosen"])] +
-                                          [p + c for p, c in zip(train_pairs["prompt"], train_pairs["rejected"])]))
-    offset = float(score_texts(model, tok, centre_texts).mean())
-    metrics = {"train_loss": train_loss, "reward_offset": offset,
-               "train_accuracy": evaluate_pairs(model, tok, train_pairs, offset)["heldout_accuracy"]}
+    rc, rr, offset = pair_scores(model, tok, train_pairs)  # one pass: accuracy and the centring offset
+    metrics = {"train_loss": train_loss, "reward_offset": offset, "train_accuracy": bt_accuracy(rc, rr)}
     metrics.update(evaluate_pairs(model, tok, heldout_pairs, offset, temperature))
     save_artifact(model, tok, out_dir, "reward", reward_offset=offset, parent={"sft": str(sft_dir)},
                   heldout=metrics)
