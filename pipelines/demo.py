@@ -1,80 +1,105 @@
-"""The demo: each pipeline contributes one short step; a report ties them together.
+"""``reinforge demo``: every pipeline's declared demo steps, run in order, and one report.
 
-A step is a function ``(out_dir: Path, address: str | None) -> dict`` returning at least
-``run_dir`` and optionally ``metrics`` (name -> value) and ``plots`` (paths). Pipelines add
-their step to ``DEMO_STEPS``.
+Each step is a :class:`pipelines.pipeline.DemoStep` in its pipeline's declaration: a preset,
+a few overrides, the metrics to show and the bars its result must reach. The report
+(``report.md``, with the plots embedded as images, and ``report.json``) states each step's
+result against its bars.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cluster.errors import ReinforgeError
+from pipelines.pipeline import DemoStep
 
 
-def plumbing_step(out: Path, address: str | None) -> dict[str, Any]:
+def demo_steps() -> list[DemoStep]:
+    from pipelines.registry import PIPELINES
+
+    return [d for p in PIPELINES.values() for d in p.demos]
+
+
+def run_step(step: DemoStep, root: Path, address: str | None) -> dict[str, Any]:
+    from pipelines.config import merge
     from pipelines.registry import execute, resolve
 
-    resolved = resolve(preset="demo", extra={"run": {"run_dir": str(out / "plumbing"), "address": address}})
+    extra = merge(step.overrides, {"run": {"run_dir": str(root / step.name), "address": address}})
+    resolved = resolve(preset=step.preset, extra=extra)
     rd, result = execute(resolved)
-    return {"run_dir": str(rd.path), "metrics": result, "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}
-
-
-# (name, step function as "module:function" or a callable). Order is run order.
-DEMO_STEPS: list[tuple[str, str | Callable[[Path, str | None], dict[str, Any]]]] = [
-    ("plumbing", plumbing_step),
-    ("rl-dqn", "pipelines.rl_dqn:demo_step"),
-    ("rl-ppo", "pipelines.rl_ac:demo_step"),
-    ("gen", "pipelines.gen_pipeline:demo_step"),
-    ("rlhf", "pipelines.rlhf_pipeline:demo_step"),
-]
-
-
-def _resolve_step(fn: str | Callable) -> Callable:
-    if callable(fn):
-        return fn
-    from pipelines.registry import _load
-
-    return _load(fn)
+    numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out: dict[str, Any] = {"title": step.title, "run_dir": str(rd.path), "metrics": numbers,
+                           "plots": sorted(str(p) for p in rd.plots.glob("*.png")), "artifacts": []}
+    if step.finish is not None:
+        extra_out = step.finish(rd.path, resolved.experiment, result) or {}
+        out["metrics"].update(extra_out.get("metrics", {}))
+        out["artifacts"] += [str(p) for p in extra_out.get("artifacts", [])]
+    out["bars"] = [{"bar": str(b), "value": out["metrics"].get(b.metric), "met": b.met(out["metrics"])}
+                   for b in step.bars]
+    if step.keep:
+        out["shown"] = {k: out["metrics"][k] for k in step.keep if k in out["metrics"]}
+    else:
+        out["shown"] = dict(out["metrics"])
+    return out
 
 
 def run_demo(out: str | None = None, only: list[str] | None = None, address: str | None = None) -> int:
-    names = [n for n, _ in DEMO_STEPS]
+    steps = demo_steps()
+    names = [s.name for s in steps]
     for n in only or []:
         if n not in names:
             raise ReinforgeError(f"unknown demo step {n!r}; steps: {', '.join(names)}")
     root = Path(out) if out else Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
-    for name, fn in DEMO_STEPS:
-        if only and name not in only:
+    t_all = time.time()
+    for step in steps:
+        if only and step.name not in only:
             continue
-        print(f"== demo step: {name}", flush=True)
+        print(f"== demo step: {step.name}: {step.title}", flush=True)
         t0 = time.time()
-        res = _resolve_step(fn)(root, address)
+        res = run_step(step, root, address)
         res["seconds"] = round(time.time() - t0, 1)
-        results[name] = res
-        print(f"   done in {res['seconds']} s -> {res.get('run_dir')}", flush=True)
-    report = write_report(root, results)
+        results[step.name] = res
+        verdict = ", ".join(f"{b['bar']}: {_fmt(b['value'])} {'met' if b['met'] else 'NOT met'}" for b in res["bars"])
+        print(f"   done in {res['seconds']} s -> {res['run_dir']}" + (f" ({verdict})" if verdict else ""), flush=True)
+    report = write_report(root, results, round(time.time() - t_all, 1))
     print(f"\nreport: {report}")
-    print(f"plots:  {', '.join(p for r in results.values() for p in r.get('plots', [])) or '(none)'}")
+    plots = [p for r in results.values() for p in r.get("plots", []) + r.get("artifacts", [])]
+    print(f"plots:  {', '.join(plots) or '(none)'}")
+    missed = [f"{n}: {b['bar']}" for n, r in results.items() for b in r["bars"] if not b["met"]]
+    if missed:
+        print(f"bars not met: {'; '.join(missed)}")
     return 0
 
 
-def write_report(root: Path, results: dict[str, Any]) -> Path:
-    lines = ["# reinforge demo report", "", f"Written {datetime.now().isoformat(timespec='seconds')}.", ""]
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_report(root: Path, results: dict[str, Any], seconds: float | None = None) -> Path:
+    lines = ["# reinforge demo report", "",
+             f"Written {datetime.now().isoformat(timespec='seconds')}"
+             + (f", {seconds:.0f} s in all." if seconds is not None else "."), "",
+             "| step | result | bar | met |", "|---|---|---|---|"]
     for name, res in results.items():
-        lines += [f"## {name}", "", f"- run dir: `{res.get('run_dir')}`", f"- wall time: {res['seconds']} s"]
-        for k, v in (res.get("metrics") or {}).items():
-            lines.append(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}")
-        for p in res.get("plots", []):
-            lines.append(f"- plot: `{p}`")
+        for b in res.get("bars", []):
+            lines.append(f"| {name} | {_fmt(b['value'])} | {b['bar']} | {'yes' if b['met'] else '**no**'} |")
+    lines.append("")
+    for name, res in results.items():
+        lines += [f"## {name}: {res.get('title', '')}", "", f"- run dir: `{res.get('run_dir')}`",
+                  f"- wall time: {res['seconds']} s"]
+        for k, v in (res.get("shown") or {}).items():
+            lines.append(f"- {k}: {_fmt(v)}")
         lines.append("")
+        for p in [*res.get("plots", []), *res.get("artifacts", [])]:
+            rel = os.path.relpath(p, root)
+            lines += [f"![{Path(p).stem}]({rel})", ""]
     (root / "report.json").write_text(json.dumps(results, indent=2, default=str))
     path = root / "report.md"
     path.write_text("\n".join(lines))

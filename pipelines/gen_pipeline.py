@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.run_config import RunConfig
 from generative.config import GenConfig
-from pipelines.registry import RunConfig
+from pipelines.pipeline import Bar, DemoStep, Pipeline
 
-# For `reinforge tune`: what the per-epoch rows and the final evaluation row can hold.
-REPORTED_METRICS = (
+# What the per-epoch rows and the final evaluation row can hold.
+METRICS = (
     "epoch", "train_step", "samples_per_s", "samples_per_s_worker", "epoch_seconds", "workers",
     "loss", "d_loss", "g_loss", "wasserstein_estimate", "gradient_penalty", "d_real", "d_fake",
     "recon_log_likelihood", "kl", "eval/modes_captured", "eval/high_quality_fraction", "eval/heldout_elbo",
@@ -50,11 +51,6 @@ class _MetricsTail:
         end = chunk.rfind(b"\n") + 1
         self.offset += end
         return [json.loads(line) for line in chunk[:end].decode().splitlines() if line.strip()]
-
-
-def tune_bundles(experiment) -> list[dict[str, float]]:
-    """No actors inside the trial's placement group: Ray Train places its workers in its own."""
-    return []
 
 
 @dataclass
@@ -129,12 +125,19 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     return final
 
 
-def demo_step(out: Path, address: str | None) -> dict[str, Any]:
-    """``reinforge demo``: a short GAN on the 8-Gaussian ring through Ray Train (gen-demo preset)."""
-    from pipelines.registry import execute, resolve
+def train_workers(experiment) -> dict[str, float]:
+    """Ray Train's workers (TorchTrainer places them in a placement group of its own):
+    one CPU each, plus one GPU each with ``gen.use_gpu``."""
+    gen = experiment.gen
+    n = max(int(gen.workers), 1)
+    return {"CPU": float(n), **({"GPU": float(n)} if gen.use_gpu else {})}
 
-    resolved = resolve(preset="gen-demo", extra={"run": {"run_dir": str(Path(out) / "gen"), "address": address}})
-    rd, result = execute(resolved)
-    keep = ("modes_captured", "num_modes", "high_quality_fraction", "samples_per_s", "epochs")
-    return {"run_dir": str(rd.path), "metrics": {k: result[k] for k in keep if k in result},
-            "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}
+
+PIPELINE = Pipeline(
+    name="gen", experiment=GenExperiment, run=run,
+    description="generative pretraining with Ray Train: GANs, VAEs, DDPM, contrastive encoders",
+    metrics=METRICS, outside_resources=train_workers,
+    demos=(DemoStep("gen", "gen-demo", "a GAN on the 8-Gaussian ring through Ray Train",
+                    keep=("modes_captured", "num_modes", "high_quality_fraction", "samples_per_s", "epochs"),
+                    bars=(Bar("modes_captured", ">=", 8), Bar("high_quality_fraction", ">=", 0.8))),),
+)

@@ -1,85 +1,28 @@
 """Every pipeline in one table, and the one driver that runs any of them.
 
-A pipeline is an experiment dataclass (with a ``run: RunConfig`` section plus its own
-sections) and a ``run(experiment, run_dir) -> dict`` function. The same driver serves the CLI,
+Each pipeline is declared once, as ``PIPELINE = Pipeline(...)`` in its own module
+(:mod:`pipelines.pipeline` says what a declaration holds); this table imports those modules
+directly, so every import is visible to the import checker. The same driver serves the CLI,
 the demo, Tune trials and jobs on a cluster.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError
+from cluster.run_config import RunConfig
 from pipelines import config as cfg
+from pipelines import gen_pipeline, rl_ac, rl_dqn, rlhf_pipeline, toy
+from pipelines.pipeline import Pipeline
 
-
-@dataclass
-class RunConfig:
-    """Settings every pipeline shares."""
-
-    seed: int = 0
-    device: str = "auto"  # auto: CUDA when present, else CPU
-    run_dir: str | None = None  # default: <runs_root>/<pipeline>-<timestamp>
-    runs_root: str = "runs"
-    address: str | None = None  # Ray cluster address; default RAY_ADDRESS or an embedded instance
-    num_cpus: int | None = None  # CPUs for the embedded instance (default: all)
-    num_gpus: int | None = None  # GPUs for the embedded instance (default: all visible)
-    keep_checkpoints: int = 3
-    tensorboard: bool = True
-
-    def validate(self) -> None:
-        if self.keep_checkpoints < 1:
-            raise ConfigError("run.keep_checkpoints must be >= 1")
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    name: str
-    experiment: str  # "module:Class" of the experiment dataclass
-    runner: str  # "module:function" taking (experiment, RunDir) and returning final metrics
-    description: str
-    uses_ray: bool = True
-
-    def experiment_cls(self) -> type:
-        return _load(self.experiment)
-
-    def run_fn(self) -> Callable[..., dict[str, Any]]:
-        return _load(self.runner)
-
-
-# Pipelines register here (name -> where its experiment and run function live).
 PIPELINES: dict[str, Pipeline] = {
-    p.name: p
-    for p in [
-        Pipeline("demo", "pipelines.plumbing:PlumbingExperiment", "pipelines.plumbing:run",
-                 "plumbing check: Ray actors, run dir, metrics, checkpoint, plot"),
-        *[Pipeline(f"rlhf-{n}", f"pipelines.rlhf_pipeline:RLHF{c}Experiment", f"pipelines.rlhf_pipeline:run_{n}", d,
-                   uses_ray=n in ("ppo", "all"))
-          for n, c, d in [("sft", "SFT", "RLHF stage 1: supervised fine-tuning on folk melodies (TRL SFTTrainer)"),
-                          ("reward", "Reward", "RLHF stage 2: Bradley-Terry reward model on rater preferences"),
-                          ("ppo", "PPO", "RLHF stage 3: PPO with a KL penalty to the frozen SFT prior"),
-                          ("dpo", "DPO", "RLHF baseline: DPO (TRL DPOTrainer) on the same preferences"),
-                          ("all", "All", "RLHF: SFT -> reward model -> PPO in one run"),
-                          ("eval", "Eval", "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts")]],
-        Pipeline("toy", "pipelines.toy:ToyExperiment", "pipelines.toy:run",
-                 "noisy quadratic with checkpoints: a fast target for sweeps and fault tests", uses_ray=False),
-        Pipeline("rl-dqn", "pipelines.rl_dqn:DQNExperiment", "pipelines.rl_dqn:run",
-                 "DQN / Double DQN (dueling, n-step, prioritized replay) with Ray rollout actors"),
-        Pipeline("rl-ac", "pipelines.rl_ac:ACExperiment", "pipelines.rl_ac:run",
-                 "A2C / PPO actor-critic with Ray rollout actors (or RLlib's PPO as a backend)"),
-        Pipeline("gen", "pipelines.gen_pipeline:GenExperiment", "pipelines.gen_pipeline:run",
-                 "generative pretraining with Ray Train: GANs, VAEs, DDPM, contrastive encoders"),
-    ]
+    p.name: p for p in (rl_dqn.PIPELINE, rl_ac.PIPELINE, gen_pipeline.PIPELINE, *rlhf_pipeline.PIPELINES,
+                        toy.PIPELINE)
 }
-
-
-def _load(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def get_pipeline(name: str) -> Pipeline:
@@ -143,7 +86,7 @@ def resolve(
     pipe = get_pipeline(chosen)
     if extra:
         layers.append(extra)
-    experiment = cfg.build(pipe.experiment_cls(), layers, overrides)
+    experiment = cfg.build(pipe.experiment, layers, overrides)
     return Resolved(pipe, experiment, sources)
 
 
@@ -177,7 +120,7 @@ def execute(resolved: Resolved, resume: str | None = None, listeners: list[Calla
     for fn in listeners or []:
         rd.add_listener(fn)
     try:
-        result = resolved.pipeline.run_fn()(resolved.experiment, rd) or {}
+        result = resolved.pipeline.run(resolved.experiment, rd) or {}
     finally:
         rd.close()
     return rd, result

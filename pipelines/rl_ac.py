@@ -9,17 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError
-from pipelines.registry import RunConfig
+from cluster.run_config import RunConfig
+from pipelines.pipeline import Bar, DemoStep, Pipeline
 from rl.actor_critic import ACConfig
 from rl.envs import EnvConfig
 from rl.rollout import RolloutConfig
 
-# for `reinforge tune` (both backends log these names)
-REPORTED_METRICS = ("env_steps", "updates", "learning_rate", "episode_return_mean", "episode_length_mean",
+# every name the rows and the final result hold (both backends log these names)
+METRICS = ("env_steps", "updates", "learning_rate", "episode_return_mean", "episode_length_mean",
                     "explained_variance", "env_steps_per_s", "iteration_s", "policy_loss", "value_loss", "entropy",
                     "approx_kl", "clip_fraction", "grad_norm", "epochs_run", "rollout_s", "workers_failed",
                     "eval_mean_return", "eval_std_return")
-TUNE_METRIC = ("episode_return_mean", "max")
 
 
 @dataclass
@@ -108,13 +108,17 @@ def evaluate(run_path: str | Path, experiment: ACExperiment, episodes: int, epsi
     return out
 
 
-def demo_step(out: Path, address: str | None) -> dict[str, Any]:
-    """A short PPO run on CartPole with 2 rollout actors (reinforge demo)."""
-    from pipelines.registry import execute, resolve
+def rollout_bundles(experiment, cluster: dict[str, float]) -> list[dict[str, float]]:
+    """The rollout workers a run starts (one bundle each)."""
+    r = experiment.rollout
+    return [{"CPU": float(r.cpus_per_worker)}] * int(r.num_workers)
 
-    resolved = resolve(preset="ppo-cartpole", extra={
-        "run": {"run_dir": str(out / "rl-ppo"), "address": address},
-        "rl": {"total_steps": 30_000, "eval_episodes": 5},
-    })
-    rd, result = execute(resolved)
-    return {"run_dir": str(rd.path), "metrics": result, "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}
+
+PIPELINE = Pipeline(
+    name="rl-ac", experiment=ACExperiment, run=run,
+    description="A2C / PPO actor-critic with Ray rollout actors (or RLlib's PPO as a backend)",
+    metrics=METRICS, tune_metric=("episode_return_mean", "max"), actor_bundles=rollout_bundles, evaluate=evaluate,
+    demos=(DemoStep("rl-ppo", "ppo-cartpole", "PPO on CartPole-v1 with 2 Ray rollout actors",
+                    overrides={"rl": {"total_steps": 30_000, "eval_episodes": 5}},
+                    bars=(Bar("eval_mean_return", ">=", 475),)),),
+)

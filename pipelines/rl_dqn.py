@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.registry import RunConfig
+from cluster.run_config import RunConfig
+from pipelines.pipeline import Bar, DemoStep, Pipeline
 from rl.dqn import DQNConfig
 from rl.envs import EnvConfig
 from rl.rollout import RolloutConfig
@@ -60,13 +61,20 @@ def evaluate(run_path: str | Path, experiment: DQNExperiment, episodes: int, eps
     return out
 
 
-def demo_step(out: Path, address: str | None) -> dict[str, Any]:
-    """A short Double DQN run on CartPole with 2 rollout actors (reinforge demo)."""
-    from pipelines.registry import execute, resolve
+def rollout_bundles(experiment, cluster: dict[str, float]) -> list[dict[str, float]]:
+    """The rollout workers a run starts (one bundle each)."""
+    r = experiment.rollout
+    return [{"CPU": float(r.cpus_per_worker)}] * int(r.num_workers)
 
-    resolved = resolve(preset="ddqn-cartpole", extra={
-        "run": {"run_dir": str(out / "rl-dqn"), "address": address},
-        "rl": {"total_steps": 12_000, "eval_episodes": 5, "log_every": 1_000},
-    })
-    rd, result = execute(resolved)
-    return {"run_dir": str(rd.path), "metrics": result, "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}
+
+METRICS = ("env_steps", "updates", "games", "episode_return", "epsilon", "steps_per_sec", "replay_size",
+           "worker_failures", "loss", "q_mean", "grad_norm", "eval_return", "eval_std", "human_normalized")
+
+PIPELINE = Pipeline(
+    name="rl-dqn", experiment=DQNExperiment, run=run,
+    description="DQN / Double DQN (dueling, n-step, prioritized replay) with Ray rollout actors",
+    metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=rollout_bundles, evaluate=evaluate,
+    demos=(DemoStep("rl-dqn", "ddqn-cartpole", "Double DQN on CartPole-v1 with 2 Ray rollout actors",
+                    overrides={"rl": {"total_steps": 12_000, "eval_episodes": 5, "log_every": 1_000}},
+                    bars=(Bar("eval_return", ">=", 475),)),),
+)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError
-from pipelines.registry import RunConfig
+from cluster.run_config import RunConfig
+from pipelines.pipeline import Bar, DemoStep, Pipeline
 from rlhf.dpo import DPOStageConfig
 from rlhf.melody import MelodyDataConfig
 from rlhf.ppo import PPOStageConfig
@@ -301,13 +302,30 @@ def run_all(exp: RLHFAllExperiment, run_dir) -> dict[str, Any]:
     return out
 
 
-def demo_step(out: Path, address: str | None) -> dict[str, Any]:
-    """``reinforge demo``: SFT -> reward -> PPO, tiny, with the gold-vs-KL plot."""
-    from pipelines.registry import execute, resolve
+def ppo_actor_bundles(exp, cluster: dict[str, float]) -> list[dict[str, float]]:
+    """PPO's rollout workers and its scorer, with the GPU share they ask for on this cluster."""
+    from rlhf.ppo import actor_resources
 
-    resolved = resolve(preset="rlhf-demo", extra={"run": {"run_dir": str(out / "rlhf"), "address": address}})
-    rd, result = execute(resolved)
-    keep = ("sft/eval_loss", "reward/heldout_accuracy", "reward/bayes_optimal_accuracy", "ppo/sft_gold_reward",
-            "ppo/ppo_gold_reward", "ppo/ppo_kl", "ppo/iteration_s")
-    return {"run_dir": str(rd.path), "metrics": {k: result[k] for k in keep if k in result},
-            "plots": sorted(str(p) for p in rd.plots.glob("*.png"))}
+    res = actor_resources(exp.ppo, float(cluster.get("GPU", 0.0)))
+    one = {"CPU": float(res.num_cpus), **({"GPU": float(res.num_gpus)} if res.num_gpus else {})}
+    return [one] * (int(exp.ppo.num_rollout_workers) + 1)
+
+
+PIPELINES = (
+    Pipeline("rlhf-sft", RLHFSFTExperiment, run_sft,
+             "RLHF stage 1: supervised fine-tuning on folk melodies (TRL SFTTrainer)", uses_ray=False),
+    Pipeline("rlhf-reward", RLHFRewardExperiment, run_reward,
+             "RLHF stage 2: Bradley-Terry reward model on rater preferences", uses_ray=False),
+    Pipeline("rlhf-ppo", RLHFPPOExperiment, run_ppo, "RLHF stage 3: PPO with a KL penalty to the frozen SFT prior",
+             actor_bundles=ppo_actor_bundles),
+    Pipeline("rlhf-dpo", RLHFDPOExperiment, run_dpo, "RLHF baseline: DPO (TRL DPOTrainer) on the same preferences",
+             uses_ray=False),
+    Pipeline("rlhf-all", RLHFAllExperiment, run_all, "RLHF: SFT -> reward model -> PPO in one run",
+             actor_bundles=ppo_actor_bundles,
+             demos=(DemoStep("rlhf", "rlhf-demo", "RLHF on melodies: SFT -> reward model -> PPO, checked against the gold",
+                             keep=("sft/eval_loss", "reward/heldout_accuracy", "reward/bayes_optimal_accuracy",
+                                   "ppo/sft_gold_reward", "ppo/ppo_gold_reward", "ppo/ppo_kl", "ppo/iteration_s"),
+                             bars=(Bar("reward/heldout_accuracy", ">=", 0.55),)),)),
+    Pipeline("rlhf-eval", RLHFEvalExperiment, run_eval,
+             "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts", uses_ray=False),
+)

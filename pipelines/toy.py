@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from cluster.errors import ConfigError
-from pipelines.registry import RunConfig
+from cluster.run_config import RunConfig
+from pipelines.pipeline import Pipeline
 
 # Names this pipeline logs; `reinforge tune` checks --metric against them before any trial starts.
-REPORTED_METRICS = ("loss", "grad_norm", "x_norm", "resumed_from")
-TUNE_METRIC = ("loss", "min")
+METRICS = ("loss", "grad_norm", "x_norm", "resumed_from")
 
 
 @dataclass
@@ -87,3 +87,10 @@ def run(exp: ToyExperiment, run_dir) -> dict[str, Any]:
         if t.step_seconds:
             time.sleep(t.step_seconds)
     return {"loss": loss, "steps": t.steps, "resumed_from": start}
+
+
+PIPELINE = Pipeline(
+    name="toy", experiment=ToyExperiment, run=run,
+    description="noisy quadratic with checkpoints: a fast target for sweeps and fault tests",
+    metrics=METRICS, tune_metric=("loss", "min"), uses_ray=False,
+)

@@ -42,20 +42,6 @@ SEARCH_HELP = ("expected KEY=FUNC(ARGS) with FUNC one of loguniform(a,b), unifor
 # Metrics every trial has whatever the pipeline logs: Tune's own and the run dir's step.
 AUTO_METRICS = ("step", "training_iteration", "time_total_s", "time_this_iter_s", "checkpoint_step")
 
-# Metrics each pipeline logs, for the check before a sweep starts. A pipeline module may
-# instead define REPORTED_METRICS (names) and TUNE_METRIC ((name, "min"|"max"), the default).
-KNOWN_METRICS: dict[str, tuple[str, ...]] = {
-    "demo": ("pi_estimate", "abs_error", "samples", "distinct_worker_seeds"),
-    "rl-dqn": ("env_steps", "updates", "games", "episode_return", "epsilon", "steps_per_sec", "replay_size",
-               "worker_failures", "loss", "q_mean", "grad_norm", "eval_return", "eval_std", "human_normalized"),
-}
-DEFAULT_METRIC: dict[str, tuple[str, str]] = {
-    "demo": ("abs_error", "min"),
-    "rl-dqn": ("episode_return", "max"),
-    "rl-ac": ("episode_return_mean", "max"),
-}
-
-
 class SweepInterrupted(ReinforgeError):
     """Ctrl-C (or a dead driver) stopped the sweep; Tune saved its state for ``--resume``."""
 
@@ -167,7 +153,7 @@ class SweepConfig:
     search: dict[str, str] = field(default_factory=dict)  # key -> "loguniform(1e-5,1e-3)"
     num_samples: int = 1
     scheduler: Literal["fifo", "asha", "pbt"] = "fifo"
-    metric: str | None = None  # default: the pipeline's TUNE_METRIC
+    metric: str | None = None  # default: the pipeline's declared tune_metric
     mode: Literal["min", "max"] | None = None
     cpus_per_trial: float = 1.0  # for the trial's driver (the learner); rollout actors are added
     gpus_per_trial: float = 0.0
@@ -251,67 +237,30 @@ class Plan:
         return Path(self.sweep.storage_path).resolve() / str(self.sweep.name)
 
 
-def _pipeline_module(pipeline: str):
-    import importlib
-
+def _declared(pipeline: str):
     from pipelines.registry import get_pipeline
 
-    return importlib.import_module(get_pipeline(pipeline).runner.partition(":")[0])
+    return get_pipeline(pipeline)
 
 
 def reported_metrics(pipeline: str) -> tuple[str, ...] | None:
-    names = getattr(_pipeline_module(pipeline), "REPORTED_METRICS", None) or KNOWN_METRICS.get(pipeline)
-    return tuple(names) if names else None
+    """The names the pipeline declares it reports (None: it declares none, so no check)."""
+    return tuple(_declared(pipeline).metrics) or None
 
 
 def default_metric(pipeline: str) -> tuple[str, str] | None:
-    return getattr(_pipeline_module(pipeline), "TUNE_METRIC", None) or DEFAULT_METRIC.get(pipeline)
-
-
-def actor_bundles(pipeline: str, experiment: Any) -> list[dict[str, float]]:
-    """Placement-group bundles for the Ray actors a pipeline starts inside a trial.
-
-    Tune runs each trial in a placement group and captures the actors the trial creates into
-    it, so the group must hold them or they wait forever. A pipeline module may define
-    ``tune_bundles(experiment) -> [{"CPU": .., "GPU": ..}, ...]``.
-    """
-    fn = getattr(_pipeline_module(pipeline), "tune_bundles", None)
-    if callable(fn):
-        return [dict(b) for b in fn(experiment)]
-    if pipeline == "demo":
-        return [{"CPU": 0.5}] * experiment.demo.num_actors
-    rollout = getattr(experiment, "rollout", None)  # rl-dqn, rl-ac: the rollout workers
-    if rollout is not None and hasattr(rollout, "num_workers") and hasattr(rollout, "cpus_per_worker"):
-        return [{"CPU": float(rollout.cpus_per_worker)}] * int(rollout.num_workers)
-    ppo = getattr(experiment, "ppo", None)  # rlhf-ppo: rollout workers + the scorer
-    if ppo is not None and hasattr(ppo, "num_rollout_workers") and hasattr(ppo, "actor_cpus"):
-        return [{"CPU": float(ppo.actor_cpus)}] * (int(ppo.num_rollout_workers) + 1)
-    return []
-
-
-def outside_resources(pipeline: str, experiment: Any) -> dict[str, float]:
-    """Resources a trial uses outside its placement group: Ray Train's workers (Train places them
-    in a group of its own; groups do not nest). Tune cannot see them, so the sweep limits how many
-    trials run at once to what the cluster holds. A module may define ``tune_outside_resources``."""
-    fn = getattr(_pipeline_module(pipeline), "tune_outside_resources", None)
-    if callable(fn):
-        return {k: float(v) for k, v in fn(experiment).items()}
-    gen = getattr(experiment, "gen", None)
-    if pipeline == "gen" and gen is not None:  # TorchTrainer: workers x (1 CPU [+ 1 GPU])
-        n = max(int(getattr(gen, "workers", 1)), 1)
-        return {"CPU": float(n), **({"GPU": float(n)} if getattr(gen, "use_gpu", False) else {})}
-    return {}
+    return _declared(pipeline).tune_metric
 
 
 def fit_bundles_to_cluster(plan: Plan, cluster: dict[str, float]) -> None:
-    """rlhf-ppo's actors ask for a GPU share when the cluster has a GPU (rlhf/ppo.py: 0.5 / (workers
-    + 1) each); inside a trial they are captured into its group, so the group must hold that share."""
-    ppo = plan.base.get("ppo") if plan.pipeline == "rlhf-ppo" else None
-    if not ppo or float(cluster.get("GPU", 0.0)) < 1:
-        return
-    n = int(ppo.get("num_rollout_workers", 1))
-    share = 0.5 / (n + 1)
-    plan.bundles = [plan.bundles[0], *({**b, "GPU": share} for b in plan.bundles[1:])]
+    """Recompute the actors' bundles once the cluster is known: an actor may ask for a GPU
+    share only when the cluster has a GPU (inside a trial the actors are captured into its
+    placement group, so the group must hold what they ask for)."""
+    from pipelines.registry import get_pipeline
+
+    pipe = get_pipeline(plan.pipeline)
+    experiment = cfg.from_dict(pipe.experiment, plan.base)
+    plan.bundles = [plan.bundles[0], *pipe.bundles(experiment, cluster)]
 
 
 def plan_sweep(sweep: SweepConfig) -> Plan:
@@ -339,7 +288,7 @@ def plan_sweep(sweep: SweepConfig) -> Plan:
             raise ConfigError(f"PBT cannot mutate grid() values ({', '.join(grids)}); use choice() or a distribution")
     base = resolved.to_dict()
     base.pop("pipeline")
-    cls = resolved.pipeline.experiment_cls()
+    cls = resolved.pipeline.experiment
     for spec in specs:  # every value a trial could get must build a valid experiment
         for value in spec.examples():
             probe = cfg.merge(base, nest({spec.key: value}))
@@ -366,8 +315,8 @@ def plan_sweep(sweep: SweepConfig) -> Plan:
     if not sweep.name:
         sweep.name = f"{pipeline}-sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     bundles = [{"CPU": float(sweep.cpus_per_trial), **({"GPU": float(sweep.gpus_per_trial)} if sweep.gpus_per_trial else {})}]
-    bundles += actor_bundles(pipeline, resolved.experiment)
-    return Plan(sweep, pipeline, base, specs, metric, mode, bundles, outside_resources(pipeline, resolved.experiment))
+    bundles += resolved.pipeline.bundles(resolved.experiment, {})
+    return Plan(sweep, pipeline, base, specs, metric, mode, bundles, resolved.pipeline.outside(resolved.experiment))
 
 
 def check_resources(plan: Plan, cluster: dict[str, float]) -> None:
@@ -503,7 +452,7 @@ def make_trainable(pipeline: str, base: dict[str, Any], metric: str | None = Non
         run_dir = _trial_run_dir()
         data = cfg.merge(base, nest(config))
         data["run"] = {**data.get("run", {}), "run_dir": str(run_dir), "address": None}
-        resolved = Resolved(pipe, cfg.from_dict(pipe.experiment_cls(), data))
+        resolved = Resolved(pipe, cfg.from_dict(pipe.experiment, data))
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             _restore_checkpoint(checkpoint, run_dir)

@@ -180,6 +180,16 @@ def _sub(batch: dict[str, Any], idx) -> dict[str, Any]:
     return {k: (v[idx] if hasattr(v, "shape") and v.dim() > 0 else v) for k, v in batch.items()}
 
 
+def actor_resources(cfg: PPOStageConfig, cluster_gpus: float):
+    """What each of PPO's actors (the rollout workers and the scorer) asks Ray for: its CPU
+    share, and when the cluster has a GPU, half of one GPU split among all of them (the
+    learner keeps the other half)."""
+    from cluster.runtime import Resources
+
+    gpus = 0.5 / (cfg.num_rollout_workers + 1) if cluster_gpus >= 1 else 0.0
+    return Resources(num_cpus=cfg.actor_cpus, num_gpus=gpus)
+
+
 class PPOLearner:
     """Policy + critic + the frozen-prior actors; ``iteration()`` = rollout, score, update."""
 
@@ -187,7 +197,7 @@ class PPOLearner:
                  seed: int = 0, device: str = "cpu"):
         import torch
 
-        from cluster.runtime import Resources, cluster_gpus, make_actor
+        from cluster.runtime import cluster_gpus, make_actor
         from cluster.seeding import worker_seed
         from rlhf.actors import RolloutWorker, Scorer, model_spec
         from rlhf.models import disable_dropout
@@ -201,8 +211,8 @@ class PPOLearner:
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.iteration_done = 0
         self.rng = np.random.default_rng(seed)
-        gpus = 0.5 / (cfg.num_rollout_workers + 1) if cluster_gpus() >= 1 else 0.0
-        res = Resources(num_cpus=cfg.actor_cpus, num_gpus=gpus)
+        res = actor_resources(cfg, cluster_gpus())
+        gpus = res.num_gpus
         spec = model_spec(self.policy)  # the reference is the initial policy (the SFT model)
         self.workers = [make_actor(RolloutWorker, spec, tokenizer, worker_seed(seed, i), gpus > 0, resources=res)
                         for i in range(cfg.num_rollout_workers)]

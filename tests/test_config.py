@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from cluster.errors import ConfigError
 from pipelines import config as cfg
-from pipelines.registry import RunConfig, resolve
+from cluster.run_config import RunConfig
+from pipelines.registry import resolve
 
 
 @dataclass

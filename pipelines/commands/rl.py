@@ -98,7 +98,6 @@ def handle_train(args: argparse.Namespace) -> int:
 
 
 def handle_eval(args: argparse.Namespace) -> int:
-    import importlib
     import json
     from pathlib import Path
 
@@ -114,10 +113,9 @@ def handle_eval(args: argparse.Namespace) -> int:
         raise ReinforgeError(f"{run_path} has no config.yaml; pass the run directory written by `reinforge rl train`")
     resolved = resolve(config_file=str(run_path / "config.yaml"))
     pipe = get_pipeline(resolved.pipeline.name)
-    if pipe.name not in ("rl-dqn", "rl-ac"):
+    if pipe.evaluate is None:
         raise ConfigError(f"{run_path} is a {pipe.name!r} run, not an RL one")
-    module = importlib.import_module(pipe.runner.partition(":")[0])
-    out = module.evaluate(str(run_path), resolved.experiment, args.episodes, epsilon=args.epsilon,
+    out = pipe.evaluate(str(run_path), resolved.experiment, args.episodes, epsilon=args.epsilon,
                           video=args.video, seed=args.seed)
     shown = {k: v for k, v in out.items() if k not in ("returns", "lengths")}
     for k, v in shown.items():
