@@ -52,8 +52,21 @@ def nearest(name: str, candidates: list[str]) -> str | None:
     return best if best_score >= 0.45 else None
 
 
+# Keys renamed so that the same hyperparameter has the same name in every pipeline; an old
+# name is refused with its new one (a rename can be too far for the nearest-name guess).
+RENAMED = {
+    "rl.epochs": "rl.update_epochs",
+    "rl.clip_eps": "rl.clip_range",
+    "ppo.ppo_epochs": "ppo.update_epochs",
+    "ppo.lam": "ppo.gae_lambda",
+    "ppo.whiten_advantages": "ppo.normalize_advantages",
+}
+
+
 def _unknown_key(key: str, prefix: str, valid: list[str]) -> ConfigError:
     full = f"{prefix}{key}"
+    if full in RENAMED and RENAMED[full].rsplit(".", 1)[-1] in valid:
+        return ConfigError(f"unknown key {full!r}: it was renamed to {RENAMED[full]!r}")
     guess = nearest(key, valid)
     if guess is not None:
         return ConfigError(f"unknown key {full!r}; did you mean {prefix + guess!r}?")
@@ -91,14 +104,13 @@ def coerce(value: Any, tp: Any, key: str, from_text: bool = False) -> Any:
         args = get_args(tp)
         if type(None) in args and (value is None or (from_text and str(value).strip().lower() in _NONE_WORDS)):
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(value, arg, key, from_text)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                pass
         raise _wrong(key, tp, value)
     if origin is Literal:
         allowed = get_args(tp)

@@ -485,6 +485,42 @@ def _scheduler(plan: Plan):
     return FIFOScheduler()
 
 
+def _progress_callback(plan: Plan):
+    """A Tune callback driving one ``cluster.progress`` bar: trials finished out of the total,
+    with the best value of the metric so far (plain lines when stderr is not a terminal)."""
+    from ray import tune
+
+    from cluster.progress import progress
+
+    total = plan.sweep.num_samples * math.prod(len(sp.args) for sp in plan.specs if sp.kind == "grid")
+    pick = min if plan.mode == "min" else max
+
+    class SweepProgress(tune.Callback):
+        def __init__(self):
+            self.bar = None
+            self.best: float | None = None
+
+        def setup(self, **info):
+            self.bar = progress(total, f"sweep {plan.sweep.name}", unit="trial")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = _num(result.get(plan.metric))
+            if value is not None:
+                self.best = value if self.best is None else pick(self.best, value)
+                self.bar.update(0, **{f"best {plan.metric}": self.best})
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.bar.update(1)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.bar.update(1, errored=sum(t.status == "ERROR" for t in trials))
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return SweepProgress()
+
+
 def _tune_objects(plan: Plan, verbose: int):
     from ray import tune
 
@@ -495,6 +531,7 @@ def _tune_objects(plan: Plan, verbose: int):
                                     tune.PlacementGroupFactory(plan.bundles, strategy="PACK"))
     run_config = tune.RunConfig(
         name=s.name, storage_path=str(Path(s.storage_path).resolve()), verbose=verbose,
+        callbacks=[_progress_callback(plan)],
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         # PBT exploits another trial's checkpoint, which must not be rotated away meanwhile.
         checkpoint_config=tune.CheckpointConfig(
@@ -527,7 +564,7 @@ def read_plan(experiment_dir: str | os.PathLike) -> Plan:
                 doc.get("outside") or {})
 
 
-def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus: int | None = None):
+def run_sweep(plan: Plan, address: str | None = None, verbose: int = 0, num_cpus: int | None = None):
     """Connect, check resources, run the sweep; returns the ResultGrid."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -554,7 +591,7 @@ def run_sweep(plan: Plan, address: str | None = None, verbose: int = 1, num_cpus
     return tuner.fit()
 
 
-def resume_sweep(experiment_dir: str | os.PathLike, address: str | None = None, verbose: int = 1):
+def resume_sweep(experiment_dir: str | os.PathLike, address: str | None = None, verbose: int = 0):
     """Continue an interrupted sweep (``Tuner.restore``): unfinished and errored trials resume
     from their last checkpoints; finished ones are kept as they are."""
     from ray import tune

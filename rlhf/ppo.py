@@ -5,8 +5,8 @@ Per completion token t (policy pi, frozen reference pi_ref = the SFT model, rewa
 
     r_t   = -beta * (log pi(y_t) - log pi_ref(y_t))  +  [t = last] * (r(x, y) - eos_penalty * [no <eos>])
     delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)
-    A_t   = sum_k (gamma * lam)^k delta_{t+k}                                  (GAE)
-    A     <- (A - mean A) / std A                                              (whitening)
+    A_t   = sum_k (gamma * lambda)^k delta_{t+k}                               (GAE)
+    A     <- (A - mean A) / std A                                              (normalisation)
     L_pi  = -mean min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t),  rho_t = pi / pi_old
     L_V   = 1/2 mean max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)
 
@@ -74,8 +74,20 @@ def whiten(x, mask, eps: float = 1e-8):
     return (x - mean) / (var + eps).sqrt() * mask.float()
 
 
+def k3_kl(logp_new, logp_old, mask=None):
+    """KL(old || new) by the k3 estimator (Schulman 2020, "Approximating KL divergence"):
+    mean of (ratio - 1) - log(ratio), ratio = exp(logp_new - logp_old), over samples drawn
+    from the old policy. Unbiased and never negative, unlike the mean of -log(ratio)."""
+    import torch
+
+    log_ratio = logp_new - logp_old
+    k3 = (torch.exp(log_ratio) - 1.0) - log_ratio
+    return k3.mean() if mask is None else masked_mean(k3, mask)
+
+
 def clipped_surrogate(logp, old_logp, advantages, mask, clip: float = 0.2):
-    """PPO's clipped policy loss; also returns the clip fraction and approx KL(old || new)."""
+    """PPO's clipped policy loss; also returns the clip fraction and approx KL(old || new)
+    (``k3_kl``)."""
     import torch
 
     ratio = torch.exp(logp - old_logp)
@@ -83,8 +95,7 @@ def clipped_surrogate(logp, old_logp, advantages, mask, clip: float = 0.2):
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
     loss = -masked_mean(torch.min(unclipped, clipped), mask)
     clipfrac = masked_mean(((ratio - 1.0).abs() > clip).float(), mask)
-    approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
-    return loss, clipfrac, approx_kl
+    return loss, clipfrac, k3_kl(logp, old_logp, mask)
 
 
 def clipped_value_loss(values, old_values, returns, mask, clip: float = 0.2):
@@ -116,19 +127,19 @@ class PPOStageConfig:
     iterations: int = 40
     batch_size: int = 32  # prompts (= completions) per iteration
     max_new_tokens: int = 112
-    ppo_epochs: int = 4
+    update_epochs: int = 4  # passes of PPO over each iteration's batch
     minibatch_size: int = 16
     learning_rate: float = 3e-5
     critic_learning_rate: float = 1e-4
     clip_range: float = 0.2
     value_clip_range: float = 0.2
     gamma: float = 1.0
-    lam: float = 0.95
+    gae_lambda: float = 0.95
     kl_coef: float = 0.05  # beta (initial value when target_kl is set)
     target_kl: float | None = None  # per-sequence KL target: adaptive beta; None = fixed beta
     kl_horizon: int = 2000
     missing_eos_penalty: float = 1.0  # subtracted from the score of completions without <eos>
-    whiten_advantages: bool = True
+    normalize_advantages: bool = True  # advantages to mean 0, std 1 over the batch's tokens
     max_grad_norm: float = 1.0
     num_rollout_workers: int = 1
     actor_cpus: float = 0.5
@@ -138,7 +149,7 @@ class PPOStageConfig:
     toy_reward_token: str | None = None  # e.g. "p60": reward = count of that token (tests; no reward model)
 
     def validate(self) -> None:
-        for k in ("iterations", "batch_size", "max_new_tokens", "ppo_epochs", "minibatch_size",
+        for k in ("iterations", "batch_size", "max_new_tokens", "update_epochs", "minibatch_size",
                   "num_rollout_workers", "eval_every", "eval_prompts", "checkpoint_every"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"ppo.{k} must be >= 1, got {getattr(self, k)}")
@@ -146,8 +157,10 @@ class PPOStageConfig:
             raise ConfigError(f"ppo.minibatch_size={self.minibatch_size} exceeds ppo.batch_size={self.batch_size}")
         if self.learning_rate <= 0 or self.critic_learning_rate <= 0:
             raise ConfigError("ppo.learning_rate and ppo.critic_learning_rate must be > 0")
-        if self.kl_coef < 0 or not 0 < self.clip_range < 1 or not 0 <= self.lam <= 1 or not 0 < self.gamma <= 1:
-            raise ConfigError("need ppo.kl_coef >= 0, 0 < ppo.clip_range < 1, 0 <= ppo.lam <= 1, 0 < ppo.gamma <= 1")
+        if self.kl_coef < 0 or not 0 < self.clip_range < 1 or not 0 <= self.gae_lambda <= 1 \
+                or not 0 < self.gamma <= 1:
+            raise ConfigError("need ppo.kl_coef >= 0, 0 < ppo.clip_range < 1, 0 <= ppo.gae_lambda <= 1, "
+                              "0 < ppo.gamma <= 1")
         if self.target_kl is not None and self.target_kl <= 0:
             raise ConfigError("ppo.target_kl must be > 0 (or null for a fixed beta)")
 
@@ -262,8 +275,8 @@ class PPOLearner:
             values = value_estimates(self.critic, batch)
         ref = torch.tensor(np.array(ref_logp), device=self.device)
         rewards, kl = kl_penalized_rewards(logp, ref, penalised, mask, self.kl_ctl.value)
-        adv, returns = gae(rewards, values, mask, self.cfg.gamma, self.cfg.lam)
-        if self.cfg.whiten_advantages:
+        adv, returns = gae(rewards, values, mask, self.cfg.gamma, self.cfg.gae_lambda)
+        if self.cfg.normalize_advantages:
             adv = whiten(adv, mask)
         texts = [p + " " + self.tok.decode(c).strip() for p, c in zip(prompts, comps)]
         return {"batch": batch, "logp": logp, "values": values, "adv": adv, "returns": returns,
@@ -281,7 +294,7 @@ class PPOLearner:
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "approx_kl": []}
         self.policy.train()
         self.critic.train()
-        for _ in range(cfg.ppo_epochs):
+        for _ in range(cfg.update_epochs):
             order = torch.as_tensor(self.rng.permutation(B))
             for start in range(0, B, cfg.minibatch_size):
                 idx = order[start:start + cfg.minibatch_size]
@@ -360,6 +373,7 @@ def train_ppo(cfg: PPOStageConfig, sft_dir: Path, reward_dir: Path | None, train
     from transformers import AutoModelForSequenceClassification
 
     from cluster.checkpoint import load_checkpoint
+    from cluster.progress import progress
     from cluster.runtime import select_device
     from rlhf.actors import model_spec
     from rlhf.gold import gold_score
@@ -395,21 +409,23 @@ def train_ppo(cfg: PPOStageConfig, sft_dir: Path, reward_dir: Path | None, train
             if run_dir is not None:
                 run_dir.log(first, step=0)
         history = []
-        while learner.iteration_done < cfg.iterations:
-            idx = learner.rng.choice(len(train_prompts), size=cfg.batch_size, replace=len(train_prompts) < cfg.batch_size)
-            m = learner.iteration([train_prompts[i] for i in idx], gold)
-            it = learner.iteration_done
-            if it % cfg.eval_every == 0 or it == cfg.iterations:
-                last_eval = learner.evaluate(eval_prompts, gold_score)
-                m.update(last_eval)
-            history.append(m)
-            if run_dir is not None:
-                run_dir.log(m, step=it)
-                if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                    run_dir.save_checkpoint(it, learner.state(), keep=2)
-            if log:
-                log(f"ppo {it}/{cfg.iterations}: proxy {m['proxy_reward']:.3f} kl {m['kl']:.2f} "
-                    + (f"eval gold {m['eval_gold_reward']:.3f}" if "eval_gold_reward" in m else ""))
+        with progress(total=cfg.iterations, desc="PPO", unit="it", initial=learner.iteration_done) as bar:
+            while learner.iteration_done < cfg.iterations:
+                idx = learner.rng.choice(len(train_prompts), size=cfg.batch_size,
+                                         replace=len(train_prompts) < cfg.batch_size)
+                m = learner.iteration([train_prompts[i] for i in idx], gold)
+                it = learner.iteration_done
+                if it % cfg.eval_every == 0 or it == cfg.iterations:
+                    last_eval = learner.evaluate(eval_prompts, gold_score)
+                    m.update(last_eval)
+                history.append(m)
+                if run_dir is not None:
+                    run_dir.log(m, step=it)
+                    if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                        run_dir.save_checkpoint(it, learner.state(), keep=2)
+                # proxy and gold of the same training samples: the gap between them is over-optimisation
+                shown = {"gold": m["gold_reward"]} if "gold_reward" in m else {}
+                bar.update(1, proxy=m["proxy_reward"], **shown, kl=m["kl"])
         policy = learner.policy.to("cpu")
         policy.config.use_cache = True
         save_artifact(policy, tok, out_dir, "ppo", parent={"sft": str(sft_dir), "reward": str(reward_dir)},
@@ -424,4 +440,6 @@ def train_ppo(cfg: PPOStageConfig, sft_dir: Path, reward_dir: Path | None, train
         out.update({f"sft_{k.removeprefix('eval_')}": v for k, v in first.items()})
     if last_eval:
         out.update({f"ppo_{k.removeprefix('eval_')}": v for k, v in last_eval.items()})
+    if first and last_eval:  # what PPO added over its starting point, on the same held-out prompts
+        out["gold_gain"] = out["ppo_gold_reward"] - out["sft_gold_reward"]
     return out

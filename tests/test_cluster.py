@@ -112,7 +112,7 @@ def test_seeds_differ_per_worker_and_env_and_are_reproducible():
 def test_run_dir_contents(tmp_path):
     import torch
 
-    rd = RunDir(tmp_path / "run", config={"pipeline": "demo", "run": {"seed": 3}}, seed=3, device="cpu")
+    rd = RunDir(tmp_path / "run", config={"pipeline": "toy", "run": {"seed": 3}}, seed=3, device="cpu")
     for step in range(1, 4):
         rd.log({"loss": 1.0 / step, "tensor": torch.tensor(2.0), "nan": float("nan")}, step=step)
     rd.save_checkpoint(3, {"model": {"w": torch.ones(2)}})

@@ -78,10 +78,10 @@ def test_file_keys_are_checked_too():
 
 
 def test_preset_resolution_and_pipeline_mismatch(tmp_path):
-    resolved = resolve(preset="demo", overrides=["demo.steps=2"])
-    assert resolved.pipeline.name == "demo" and resolved.experiment.demo.steps == 2
+    resolved = resolve(preset="toy", overrides=["toy.steps=2"])
+    assert resolved.pipeline.name == "toy" and resolved.experiment.toy.steps == 2
     bad = tmp_path / "x.yaml"
-    bad.write_text("pipeline: demo\nrun: [1, 2\n")
+    bad.write_text("pipeline: toy\nrun: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve(config_file=str(bad))
     other = tmp_path / "o.yaml"
@@ -89,9 +89,9 @@ def test_preset_resolution_and_pipeline_mismatch(tmp_path):
     with pytest.raises(ConfigError, match="unknown pipeline 'nosuch'"):
         resolve(config_file=str(other))
     with pytest.raises(ConfigError, match="config file .* not found"):
-        resolve(pipeline="demo", config_file=str(tmp_path / "missing.yaml"))
-    with pytest.raises(ConfigError, match="unknown preset 'dem'; did you mean 'demo'"):
-        resolve(preset="dem")
+        resolve(pipeline="toy", config_file=str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="unknown preset 'ppo-cartpol'; did you mean 'ppo-cartpole'"):
+        resolve(preset="ppo-cartpol")
 
 
 _key = st.text(alphabet=st.sampled_from("abcdefghijklmnopqrstuvwxyz_."), min_size=0, max_size=20)

@@ -133,7 +133,7 @@ def test_address_and_token_resolution(monkeypatch, tmp_path):
 
 def test_unreachable_address_is_one_line():
     (port,) = _free_ports(1)
-    res = run_cli("submit", "--address", f"http://127.0.0.1:{port}", "--", "reinforge", "demo", timeout=60)
+    res = run_cli("submit", "--address", f"http://127.0.0.1:{port}", "--", "reinforge", "run", "toy", timeout=60)
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0 and "cannot reach Ray cluster" in res.stderr
     res = run_cli("jobs", "list", "--address", f"http://127.0.0.1:{port}", timeout=60)
@@ -144,18 +144,18 @@ def test_unreachable_address_is_one_line():
 @pytest.mark.slow
 def test_submit_follow_runs_a_pipeline(ray_head, tmp_path):
     url, token = ray_head
-    res = _cli("submit", "--address", url, "--follow", "--", "reinforge", "demo", "--only", "plumbing",
-               "--out", "runs/job-demo", token=token)
+    res = _cli("submit", "--address", url, "--follow", "--", "reinforge", "run", "toy", "--set", "toy.steps=5",
+               "--run-dir", "runs/job-toy", token=token)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "submitted job raysubmit_" in res.stdout
-    assert "== demo step: plumbing" in res.stdout and "SUCCEEDED" in res.stdout
+    assert "run dir: runs/job-toy" in res.stdout and "SUCCEEDED" in res.stdout
     job_id = res.stdout.split("submitted job ")[1].split()[0]
     status = _cli("jobs", "status", job_id, "--address", url, token=token)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
     listing = _cli("jobs", "list", "--address", url, token=token)
     assert job_id in listing.stdout
     logs = _cli("jobs", "logs", job_id, "--address", url, token=token)
-    assert "pi_estimate" in logs.stdout or "plumbing" in logs.stdout
+    assert "resumed_from" in logs.stdout and "loss" in logs.stdout
 
 
 @pytest.mark.slow

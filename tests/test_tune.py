@@ -101,10 +101,11 @@ def test_sweep_file_and_flags(tmp_path):
         T.sweep_from_sources(str(f), T.load_sweep_file(f), {}, [], [])
 
 
-def test_demo_trial_reserves_its_actors():
-    plan = T.plan_sweep(T.sweep_from_sources("demo", None, {"cpus_per_trial": 0.5},
-                                             ["demo.samples_per_step=choice(100,200)"], ["demo.num_actors=2"]))
-    assert plan.bundles == [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.5}]
+def test_rl_trial_reserves_its_rollout_workers():
+    plan = T.plan_sweep(T.sweep_from_sources("ppo-cartpole", None, {"cpus_per_trial": 0.5},
+                                             ["rl.learning_rate=choice(1e-4,3e-4)"],
+                                             ["rollout.num_workers=3", "rollout.cpus_per_worker=0.25"]))
+    assert plan.bundles == [{"CPU": 0.5}, {"CPU": 0.25}, {"CPU": 0.25}, {"CPU": 0.25}]
 
 
 # --- sweeps on the session's Ray instance --------------------------------------------------
@@ -224,4 +225,9 @@ def test_rlhf_ppo_actor_bundles_follow_the_cluster():
     T.fit_bundles_to_cluster(plan, {"CPU": 8.0})
     assert all("GPU" not in b for b in plan.bundles)
     T.fit_bundles_to_cluster(plan, {"CPU": 8.0, "GPU": 1.0})
-    assert plan.bundles[1:] == [{"CPU": 0.5, "GPU": 0.25}] * 2 and "GPU" not in plan.bundles[0]
+    # the same share the actors ask for when PPO starts them (rlhf.ppo.actor_resources)
+    from rlhf.ppo import PPOStageConfig, actor_resources
+
+    res = actor_resources(PPOStageConfig(num_rollout_workers=1), 1.0)
+    assert res.num_gpus > 0
+    assert plan.bundles[1:] == [{"CPU": 0.5, "GPU": res.num_gpus}] * 2 and "GPU" not in plan.bundles[0]

@@ -32,11 +32,18 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     if args.name != "all" and args.name not in names:
         raise ReinforgeError(f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'}")
+    from cluster.progress import progress
+
     status = 0
-    for name in names if args.name == "all" else [args.name]:
-        cmd = [sys.executable, str(BENCH_DIR / f"bench_{name}.py"), "--out", args.out]
-        if args.quick:
-            cmd.append("--quick")
-        print(f"== bench {name}: {' '.join(cmd)}", flush=True)
-        status = max(status, subprocess.call(cmd))
+    chosen = names if args.name == "all" else [args.name]
+    # each benchmark shows its own bar; this one counts the benchmarks of `bench all`
+    with progress(len(chosen), "bench", unit="benchmark", plain_every_s=0) as bar:
+        for name in chosen:
+            cmd = [sys.executable, str(BENCH_DIR / f"bench_{name}.py"), "--out", args.out]
+            if args.quick:
+                cmd.append("--quick")
+            print(f"== bench {name}: {' '.join(cmd)}", flush=True)
+            rc = subprocess.call(cmd)
+            status = max(status, rc)
+            bar.update(1, last=name, failed=int(rc != 0) + int(bar.postfix.get("failed", 0)))
     return status

@@ -30,7 +30,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"run": run} if run else {}
 
 
-def resolve_args(pipeline: str, args: argparse.Namespace, extra: dict[str, Any] | None = None,
+def resolve_args(pipeline: str | None, args: argparse.Namespace, extra: dict[str, Any] | None = None,
                  preset: str | None = None):
     """Resolve the experiment for ``pipeline`` from --config/--resume/flags/--set."""
     from pipelines.config import merge
@@ -51,7 +51,7 @@ def resolve_args(pipeline: str, args: argparse.Namespace, extra: dict[str, Any] 
                    overrides=list(getattr(args, "overrides", []) or []), extra=layers)
 
 
-def run_pipeline(pipeline: str, args: argparse.Namespace, extra: dict[str, Any] | None = None,
+def run_pipeline(pipeline: str | None, args: argparse.Namespace, extra: dict[str, Any] | None = None,
                  preset: str | None = None) -> dict[str, Any]:
     from pipelines.registry import execute
 
@@ -68,9 +68,3 @@ def print_summary(path, result: dict[str, Any]) -> None:
         shown = f"{v:.4g}" if isinstance(v, float) else str(v)
         print(f"  {k:<{width}}  {shown}")
 
-
-def not_yet(name: str):
-    def handler(args: argparse.Namespace) -> int:
-        raise ReinforgeError(f"'reinforge {name}' is not implemented yet in this version")
-
-    return handler
