@@ -197,26 +197,39 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     for candidate in (p, p / "checkpoints"):
         ckpts = list_checkpoints(candidate)
         if ckpts:
-            return ckpts[-1]
+            valid = latest_valid_checkpoint(candidate)
+            if valid is None:  # every one is damaged: say what is wrong with the newest
+                check_checkpoint(ckpts[-1])
+            return valid or ckpts[-1]
     if not p.exists():
         raise CheckpointError(f"checkpoint path {p} does not exist")
     raise CheckpointError(f"no complete checkpoint found in {p} (expected step_*/manifest.json or a run dir with checkpoints/)")
 
 
-def load_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: str = "cpu") -> Checkpoint:
-    """Load a checkpoint written by ``save_checkpoint``; corrupt or truncated files are refused."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    ckpt = resolve_checkpoint(path)
+def _read_manifest(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any], int, dict[str, Any]]:
+    """(files, objects, step, manifest) of a checkpoint dir, every file name confined to it."""
     mpath = ckpt / MANIFEST
     try:
         manifest = json.loads(mpath.read_text())
         files, objects = manifest["files"], manifest["objects"]
         step = int(manifest["step"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        if not isinstance(files, dict) or not isinstance(objects, dict):
+            raise TypeError
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError):
         raise CheckpointError(f"corrupt checkpoint manifest {mpath}; delete that checkpoint to fall back to an older one") from None
-    by_file: dict[str, dict[str, Any]] = {}
+    for fname, info in files.items():
+        # a manifest names files inside its own directory only (no '..', no subdirectories)
+        if (not isinstance(fname, str) or Path(fname).name != fname or fname in (".", "..")
+                or not fname.endswith(".safetensors") or not isinstance(info, dict)):
+            raise CheckpointError(f"checkpoint manifest {mpath} names {str(fname)[:80]!r}, which is not a "
+                                  "safetensors file inside the checkpoint; refusing it")
+    return files, objects, step, manifest
+
+
+def check_checkpoint(ckpt: Path, verify: bool = True) -> None:
+    """Raise CheckpointError unless every file the manifest lists is there, whole, and (with
+    ``verify``) matches its sha256."""
+    files, _, _, _ = _read_manifest(ckpt)
     for fname, info in files.items():
         fpath = ckpt / fname
         if not fpath.is_file():
@@ -226,6 +239,34 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: 
             raise CheckpointError(f"checkpoint file {fpath} is truncated or altered ({size} bytes, expected {info.get('bytes')})")
         if verify and _sha256(fpath) != info.get("sha256"):
             raise CheckpointError(f"checkpoint file {fpath} is corrupt (sha256 mismatch)")
+
+
+def latest_valid_checkpoint(directory: str | os.PathLike, warn=None) -> Path | None:
+    """The newest complete checkpoint under ``directory`` that passes :func:`check_checkpoint`;
+    a damaged newer one is skipped with a warning (``warn(message)``, default stderr)."""
+    import sys
+
+    for ckpt in reversed(list_checkpoints(directory)):
+        try:
+            check_checkpoint(ckpt)
+            return ckpt
+        except CheckpointError as exc:
+            (warn or (lambda m: print(m, file=sys.stderr, flush=True)))(
+                f"reinforge: warning: skipping damaged checkpoint {ckpt.name} ({exc}); using an older one")
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True, map_location: str = "cpu") -> Checkpoint:
+    """Load a checkpoint written by ``save_checkpoint``; corrupt or truncated files are refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    ckpt = resolve_checkpoint(path)
+    check_checkpoint(ckpt, verify=verify)
+    files, objects, step, manifest = _read_manifest(ckpt)
+    by_file: dict[str, dict[str, Any]] = {}
+    for fname in files:
+        fpath = ckpt / fname
         try:
             loaded = load_file(str(fpath), device=map_location)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

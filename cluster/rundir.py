@@ -54,14 +54,19 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-def default_run_dir(pipeline: str, root: str | os.PathLike = "runs") -> Path:
+def create_default_run_dir(pipeline: str, root: str | os.PathLike = "runs") -> Path:
+    """Create ``<root>/<pipeline>-<timestamp>`` atomically: ``mkdir`` without ``exist_ok`` fails
+    for the second of two runs started in the same second, which then takes ``-2``, ``-3``..."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / f"{pipeline}-{stamp}"
+    Path(root).mkdir(parents=True, exist_ok=True)
     n = 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{pipeline}-{stamp}-{n}"
-    return path
+    while True:
+        path = Path(root) / (f"{pipeline}-{stamp}" if n == 1 else f"{pipeline}-{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def _jsonable(v: Any) -> Any:
@@ -105,10 +110,54 @@ class RunDir:
         self._checkpoint_listeners: list[Callable[[Path, dict[str, Any]], None]] = []
         self._tb = None
         self._tensorboard = tensorboard
+        self._latest_cache: tuple[tuple[str, int], Path | None] | None = None
+        self._last_log_step: int | None = None
+        if resume:
+            self._keep_history()
+            self._truncate_metrics_after_checkpoint()
         self._metrics = open(self.path / "metrics.jsonl", "a" if resume else "w")
         if config is not None:
             self.write_config(config)
         self.write_env(seed=seed, device=device)
+
+    def _keep_history(self) -> None:
+        """On resume, keep the earlier run's config.yaml and env.json (its command line, seeds and
+        versions) under ``history/`` before they are rewritten for this session."""
+        old = [n for n in ("config.yaml", "env.json") if (self.path / n).is_file()]
+        if not old:
+            return
+        hist = self.path / "history"
+        hist.mkdir(exist_ok=True)
+        k = 1
+        while any((hist / f"{n.split('.')[0]}-{k}.{n.split('.')[1]}").exists() for n in old):
+            k += 1
+        for n in old:
+            stem, ext = n.split(".")
+            (hist / f"{stem}-{k}.{ext}").write_bytes((self.path / n).read_bytes())
+
+    def _truncate_metrics_after_checkpoint(self) -> None:
+        """Rows the interrupted run logged after its last checkpoint are dropped, so the resumed
+        run's rows for the same steps do not double the curves."""
+        latest = self.latest_checkpoint()
+        path = self.path / "metrics.jsonl"
+        if latest is None or not path.is_file():
+            return
+        # the step of the last row logged before that checkpoint was saved (save_checkpoint
+        # records it: a pipeline's checkpoint step may count other units than its rows' step)
+        step = json.loads((latest / ckpt_io.MANIFEST).read_text()).get("metadata", {}).get("log_step")
+        if not isinstance(step, int):
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                row_step = int(json.loads(line).get("step", 0))
+            except (ValueError, AttributeError, TypeError):
+                continue  # a half-written last line of a killed run
+            if row_step <= step:
+                kept.append(line)
+        if len(kept) != len(lines):
+            self._atomic_write("metrics.jsonl", "".join(kept))
 
     # --- files -----------------------------------------------------------------------------
     @property
@@ -153,6 +202,7 @@ class RunDir:
 
     def log(self, metrics: dict[str, Any], step: int) -> dict[str, Any]:
         row = {"step": int(step), "time": round(time.time(), 3), **_jsonable(metrics)}
+        self._last_log_step = int(step)
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
         tb = self._writer()
@@ -178,14 +228,22 @@ class RunDir:
 
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, step: int, objects: dict[str, Any], keep: int | None = 3, **metadata: Any) -> Path:
+        if self._last_log_step is not None:
+            metadata.setdefault("log_step", self._last_log_step)
         path = ckpt_io.save_checkpoint(self.checkpoints, step, objects, keep=keep, metadata=metadata)
         for fn in self._checkpoint_listeners:
             fn(path, {"step": step, **metadata})
         return path
 
     def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint that is whole (a damaged newer one is skipped with a warning)."""
         found = ckpt_io.list_checkpoints(self.checkpoints)
-        return found[-1] if found else None
+        if not found:
+            return None
+        key = (str(found[-1]), (found[-1] / ckpt_io.MANIFEST).stat().st_mtime_ns)
+        if self._latest_cache is None or self._latest_cache[0] != key:
+            self._latest_cache = (key, ckpt_io.latest_valid_checkpoint(self.checkpoints))
+        return self._latest_cache[1]
 
     # --- plots -----------------------------------------------------------------------------
     def plot(self, name: str, y: list[str] | str, x: str = "step", title: str | None = None) -> Path | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 from pathlib import Path
@@ -104,14 +105,16 @@ def coerce(value: Any, tp: Any, key: str, from_text: bool = False) -> Any:
         args = get_args(tp)
         if type(None) in args and (value is None or (from_text and str(value).strip().lower() in _NONE_WORDS)):
             return None
+        finite_error = None
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(value, arg, key, from_text)
-            except ConfigError:
-                pass
-        raise _wrong(key, tp, value)
+            except ConfigError as exc:
+                if "finite number" in str(exc):
+                    finite_error = exc
+        raise finite_error or _wrong(key, tp, value)
     if origin is Literal:
         allowed = get_args(tp)
         for a in allowed:
@@ -175,14 +178,20 @@ def coerce(value: Any, tp: Any, key: str, from_text: bool = False) -> Any:
                     return int(f)
         raise _wrong(key, tp, value)
     if tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; accept numeric text
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; accept numeric text
             try:
-                return float(value.strip().replace("_", ""))
+                number = float(value.strip().replace("_", ""))
             except ValueError:
                 pass
-        raise _wrong(key, tp, value)
+        if number is None:
+            raise _wrong(key, tp, value)
+        # every float setting is a finite number: NaN slips past every `x <= 0` range check
+        if not math.isfinite(number):
+            raise ConfigError(f"{key!r} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

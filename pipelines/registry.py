@@ -90,17 +90,46 @@ def resolve(
     return Resolved(pipe, experiment, sources)
 
 
-def open_run_dir(resolved: Resolved, resume: str | None = None):
-    """Create (or reopen, for --resume) the run directory and write config.yaml and env.json."""
-    from cluster.rundir import RunDir, default_run_dir
+RUN_FILES = ("config.yaml", "metrics.jsonl", "env.json")
+
+
+def check_run_dir(resolved: Resolved, resume: str | None = None) -> Path | None:
+    """Everything about the run dir that can be refused before Ray starts, touching nothing:
+    a dir that already holds a run needs --resume; a --resume dir must hold a run whose newest
+    whole checkpoint (if it saved any) loads. Returns the explicit path (None: a default one)."""
+    from cluster import checkpoint as ckpt_io
 
     run: RunConfig = resolved.experiment.run
     if resume:
         path = Path(resume)
         if not (path / "config.yaml").is_file():
             raise ConfigError(f"--resume {resume}: not a run directory (no config.yaml)")
-    else:
-        path = Path(run.run_dir) if run.run_dir else default_run_dir(resolved.pipeline.name, run.runs_root)
+        found = ckpt_io.list_checkpoints(path / "checkpoints")
+        if found and ckpt_io.latest_valid_checkpoint(path / "checkpoints", warn=lambda m: None) is None:
+            try:
+                ckpt_io.check_checkpoint(found[-1])
+            except ckpt_io.CheckpointError as exc:
+                raise ConfigError(f"--resume {resume}: no whole checkpoint to continue from ({exc})") from None
+        return path
+    if not run.run_dir:
+        return None
+    path = Path(run.run_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--run-dir {path} exists and is not a directory; choose another --run-dir")
+    if path.is_dir() and (any((path / n).exists() for n in RUN_FILES) or ckpt_io.list_checkpoints(path / "checkpoints")):
+        raise ConfigError(f"run dir {path} already holds a run; continue it with --resume {path}, "
+                          "or choose another --run-dir")
+    return path
+
+
+def open_run_dir(resolved: Resolved, resume: str | None = None):
+    """Create (or reopen, for --resume) the run directory and write config.yaml and env.json."""
+    from cluster.rundir import RunDir, create_default_run_dir
+
+    run: RunConfig = resolved.experiment.run
+    path = check_run_dir(resolved, resume)
+    if path is None:
+        path = create_default_run_dir(resolved.pipeline.name, run.runs_root)
     run.run_dir = str(path)
     return RunDir(path, config=resolved.to_dict(), seed=run.seed, device=run.device,
                   tensorboard=run.tensorboard, resume=bool(resume))
@@ -114,6 +143,8 @@ def execute(resolved: Resolved, resume: str | None = None, listeners: list[Calla
 
     run: RunConfig = resolved.experiment.run
     seed_everything(run.seed)
+    if run_dir is None:
+        check_run_dir(resolved, resume)  # refused before Ray starts
     if resolved.pipeline.uses_ray:
         connect(run.address, num_cpus=run.num_cpus, num_gpus=run.num_gpus)
     rd = run_dir or open_run_dir(resolved, resume=resume)

@@ -118,3 +118,43 @@ def test_random_mappings_never_traceback(data):
             cfg.from_dict(Outer, candidate)
         except ConfigError as exc:
             assert "\n" not in str(exc)
+
+
+def _float_keys(cls, prefix=""):
+    """Every float-typed key (also float | None) of an experiment dataclass, dotted."""
+    import dataclasses
+    import types
+    from typing import Union, get_args, get_origin
+
+    out = []
+    for name, tp in cfg.fields_of(cls).items():
+        args = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+        if float in args:
+            out.append(prefix + name)
+        for a in args:
+            if dataclasses.is_dataclass(a):
+                out += _float_keys(a, f"{prefix}{name}.")
+    return out
+
+
+def test_every_float_key_of_every_pipeline_refuses_non_finite_values():
+    from pipelines.registry import PIPELINES
+
+    keys = [(name, key) for name, p in PIPELINES.items() for key in _float_keys(p.experiment)]
+    assert len(keys) > 50  # the walk found the pipelines' float settings
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.sampled_from(keys), st.sampled_from(["nan", "inf", "-inf", "NaN", "1e999", float("nan"), float("-inf")]))
+    def check(item, value):
+        name, key = item
+        with pytest.raises(ConfigError, match="must be a finite number"):
+            if isinstance(value, str):  # --set text
+                resolve(pipeline=name, overrides=[f"{key}={value}"])
+            else:  # a YAML file's .nan / .inf
+                section, _, leaf = key.rpartition(".")
+                nested = {leaf: value}
+                for part in reversed(section.split(".")):
+                    nested = {part: nested}
+                resolve(pipeline=name, extra=nested)
+
+    check()
