@@ -18,6 +18,8 @@ from cluster.errors import ConfigError
 from cluster.run_config import RunConfig
 from pipelines.pipeline import Bar, DemoStep, Pipeline
 from rlhf.dpo import DPOStageConfig
+from rlhf.gold import RATER_PROFILES
+from rlhf.gold import RULES as GOLD_RULES
 from rlhf.melody import MelodyDataConfig
 from rlhf.ppo import PPOStageConfig
 from rlhf.raters import RaterConfig
@@ -295,10 +297,8 @@ def run_all(exp: RLHFAllExperiment, run_dir) -> dict[str, Any]:
     stage("reward", RLHFRewardExperiment(sub_run(), exp.data, inputs, exp.raters, exp.reward), run_reward)
     inputs = StageInputs(sft=str(run_dir.path / "sft"), reward=str(run_dir.path / "reward"))
     stage("ppo", RLHFPPOExperiment(sub_run(), exp.data, inputs, exp.ppo), run_ppo)
-    for name in ("ppo",):
-        for png in (run_dir.path / name / "plots").glob("*.png"):
-            target = run_dir.plots / png.name
-            target.write_bytes(png.read_bytes())
+    for png in (run_dir.path / "ppo" / "plots").glob("*.png"):  # the chain's plots are PPO's
+        (run_dir.plots / png.name).write_bytes(png.read_bytes())
     return out
 
 
@@ -311,21 +311,87 @@ def ppo_actor_bundles(exp, cluster: dict[str, float]) -> list[dict[str, float]]:
     return [one] * (int(exp.ppo.num_rollout_workers) + 1)
 
 
+# --- what each stage reports ---------------------------------------------------------------
+# Every name a stage's metric rows and final result can hold, so a sweep's --metric is checked
+# before a trial starts. Result names are also logged as ``final/NAME`` rows (``_finish``).
+def _names(*groups) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for g in groups for name in g))
+
+
+def _with_final(*result: str) -> tuple[str, ...]:
+    return (*result, *(f"final/{k}" for k in result))
+
+
+def _trainer_rows(prefix: str, *extra: str) -> tuple[str, ...]:
+    """What transformers' Trainer (plus TRL's own ``extra``) logs, copied with ``prefix/`` by
+    ``run_dir_callback``."""
+    common = ("loss", "grad_norm", "learning_rate", "epoch", "num_tokens", "train_loss", "train_runtime",
+              "train_samples_per_second", "train_steps_per_second", "total_flos")
+    return tuple(f"{prefix}/{k}" for k in (*common, *extra))
+
+
+_TOKEN_STATS = ("entropy", "mean_token_accuracy")  # SFTTrainer and DPOTrainer
+_EVAL_ROWS = ("eval_loss", "eval_entropy", "eval_num_tokens", "eval_mean_token_accuracy", "eval_runtime",
+              "eval_samples_per_second", "eval_steps_per_second")
+SFT_RESULT = ("train_loss", "eval_loss", "eval_perplexity", "steps")
+SFT_METRICS = _names(_trainer_rows("sft", *_TOKEN_STATS, *_EVAL_ROWS), _with_final(*SFT_RESULT))
+
+RATER_KINDS = tuple(RATER_PROFILES)
+REWARD_RESULT = (
+    "train_loss", "reward_offset", "train_accuracy", "train_pairs", "heldout_pairs", "heldout_accuracy",
+    "heldout_bt_loss", "bayes_optimal_accuracy", "bayes_optimal_accuracy_expected", "accuracy_gap",
+    "single_reward_ceiling", "mean_score_correlation",
+    *(f"rater_{k}/{m}" for k in RATER_KINDS for m in ("pairs", "heldout_accuracy", "bayes_optimal_accuracy",
+                                                       "score_correlation")),
+)
+REWARD_METRICS = _names(
+    ("reward/loss", "reward/accuracy", "reward/learning_rate", "reward/epoch"),  # the grouped trainer's rows
+    _trainer_rows("reward", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"),  # reward.trainer=trl
+    _with_final(*REWARD_RESULT),
+)
+
+_PPO_EVAL = ("gold_reward", "proxy_reward", "kl", "eos_fraction")  # PPOLearner.evaluate, eval_ in rows
+PPO_ROWS = ("proxy_reward", "gold_reward", "kl", "beta", "entropy", "eos_fraction", "completion_length",
+            "rollout_s", "iteration_s", "policy_loss", "value_loss", "clip_fraction", "approx_kl",
+            *(f"eval_{k}" for k in _PPO_EVAL))
+PPO_RESULT = ("iterations", "final_beta", "iteration_s", "final_proxy_reward", "gold_gain",
+              *(f"{who}_{k}" for who in ("sft", "ppo") for k in _PPO_EVAL))
+PPO_METRICS = _names(PPO_ROWS, _with_final(*PPO_RESULT))
+
+EVAL_RESULT = ("samples", "gold_reward", "gold_reward_sem", "eos_fraction", "completion_length",
+               *(f"gold/{rule}" for rule in GOLD_RULES), "proxy_reward", "kl_to_reference")
+EVAL_METRICS = _with_final(*EVAL_RESULT)
+
+DPO_ROWS = _trainer_rows("dpo", *_TOKEN_STATS, "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                         "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
+DPO_RESULT = ("train_loss", "steps", "dpo_pairs", "train_pairs",
+              *(f"{who}_{k}" for who in ("sft", "dpo") for k in EVAL_RESULT if "/" not in k))
+DPO_METRICS = _names(DPO_ROWS, _with_final(*DPO_RESULT))
+
+# rlhf-all's result: each stage's numbers under its name (its rows stay in the stage's run dir)
+ALL_METRICS = (*(f"sft/{k}" for k in SFT_RESULT), *(f"reward/{k}" for k in REWARD_RESULT),
+               *(f"ppo/{k}" for k in PPO_RESULT))
+
 PIPELINES = (
     Pipeline("rlhf-sft", RLHFSFTExperiment, run_sft,
-             "RLHF stage 1: supervised fine-tuning on folk melodies (TRL SFTTrainer)", uses_ray=False),
+             "RLHF stage 1: supervised fine-tuning on folk melodies (TRL SFTTrainer)", uses_ray=False,
+             metrics=SFT_METRICS, tune_metric=("eval_loss", "min")),
     Pipeline("rlhf-reward", RLHFRewardExperiment, run_reward,
-             "RLHF stage 2: Bradley-Terry reward model on rater preferences", uses_ray=False),
+             "RLHF stage 2: Bradley-Terry reward model on rater preferences", uses_ray=False,
+             metrics=REWARD_METRICS, tune_metric=("heldout_accuracy", "max")),
     Pipeline("rlhf-ppo", RLHFPPOExperiment, run_ppo, "RLHF stage 3: PPO with a KL penalty to the frozen SFT prior",
-             actor_bundles=ppo_actor_bundles),
+             actor_bundles=ppo_actor_bundles, metrics=PPO_METRICS, tune_metric=("eval_gold_reward", "max")),
+    # DPO has no held-out loss; what it is for is the held-out gold reward, which it reports
     Pipeline("rlhf-dpo", RLHFDPOExperiment, run_dpo, "RLHF baseline: DPO (TRL DPOTrainer) on the same preferences",
-             uses_ray=False),
+             uses_ray=False, metrics=DPO_METRICS, tune_metric=("dpo_gold_reward", "max")),
     Pipeline("rlhf-all", RLHFAllExperiment, run_all, "RLHF: SFT -> reward model -> PPO in one run",
-             actor_bundles=ppo_actor_bundles,
+             actor_bundles=ppo_actor_bundles, metrics=ALL_METRICS, tune_metric=("ppo/ppo_gold_reward", "max"),
              demos=(DemoStep("rlhf", "rlhf-demo", "RLHF on melodies: SFT -> reward model -> PPO, checked against the gold",
                              keep=("sft/eval_loss", "reward/heldout_accuracy", "reward/bayes_optimal_accuracy",
-                                   "ppo/sft_gold_reward", "ppo/ppo_gold_reward", "ppo/ppo_kl", "ppo/iteration_s"),
+                                   "ppo/sft_gold_reward", "ppo/ppo_gold_reward", "ppo/gold_gain", "ppo/ppo_kl",
+                                   "ppo/iteration_s"),
                              bars=(Bar("reward/heldout_accuracy", ">=", 0.55),)),)),
     Pipeline("rlhf-eval", RLHFEvalExperiment, run_eval,
-             "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts", uses_ray=False),
+             "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts", uses_ray=False,
+             metrics=EVAL_METRICS, tune_metric=("gold_reward", "max")),
 )

@@ -266,11 +266,33 @@ def sequence_scores(reward_model, ids, attn, offset: float = 0.0, position_ids=N
 
 
 def run_dir_callback(run_dir, prefix: str):
-    """A transformers ``TrainerCallback`` that copies the trainer's logs into the run dir."""
+    """A transformers ``TrainerCallback`` that copies the trainer's logs into the run dir and
+    shows the training as one ``cluster.progress`` bar (desc ``prefix``, per optimizer step,
+    with the latest loss), which becomes plain periodic lines when stderr is not a terminal.
+    The trainers' own tqdm bar and log printer are off (``trainer_device_args``,
+    ``quiet_trainer``), so this is the only display."""
     from transformers import TrainerCallback
 
+    from cluster.progress import progress
+
     class _ToRunDir(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = progress(total=state.max_steps or None, desc=prefix, unit="step", initial=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.set(state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.update(0, loss=float(logs["loss"]))
             if run_dir is not None and logs:
                 row = {f"{prefix}/{k}": v for k, v in logs.items() if isinstance(v, (int, float))}
                 if row:

@@ -155,9 +155,10 @@ def grouped_batches(groups, max_texts: int, rng: np.random.Generator):
 def train_grouped(cfg: RewardStageConfig, model, tokenizer, train_pairs, run_dir=None, seed: int = 0,
                   device: str = "auto") -> float:
     """Minimise ``bradley_terry_loss`` over every pair (AdamW, linear decay, grad-norm clip 1);
-    returns the mean training loss."""
+    returns the mean training loss. Shows one progress bar over the optimizer steps."""
     import torch
 
+    from cluster.progress import progress
     from cluster.runtime import select_device
     from rlhf.models import pack, sequence_scores
 
@@ -170,28 +171,33 @@ def train_grouped(cfg: RewardStageConfig, model, tokenizer, train_pairs, run_dir
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / total)
     step, losses, window = 0, [], []
-    for epoch in range(math.ceil(cfg.epochs)):
-        for texts, ch, rj in grouped_batches(groups, cfg.texts_per_batch, np.random.default_rng(seed + 1 + epoch)):
-            b = pack([ids[t] for t in texts], [[] for _ in texts], tokenizer.pad_token_id)
-            r = sequence_scores(model, b["input_ids"].to(dev), b["attention_mask"].to(dev),
-                                position_ids=b["position_ids"].to(dev))
-            r_chosen, r_rejected = r[torch.tensor(ch, device=dev)], r[torch.tensor(rj, device=dev)]
-            loss = bradley_terry_loss(r_chosen, r_rejected)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            window.append(float((r_chosen > r_rejected).float().mean()))
-            if run_dir is not None and step % cfg.logging_steps == 0:
-                run_dir.log({"reward/loss": float(np.mean(losses[-cfg.logging_steps:])),
-                             "reward/accuracy": float(np.mean(window)), "reward/learning_rate": sched.get_last_lr()[0],
-                             "reward/epoch": step / per_epoch}, step=step)
-                window = []
-            if step >= total:
-                return float(np.mean(losses))
+    with progress(total=total, desc="reward", unit="step") as bar:
+        for epoch in range(math.ceil(cfg.epochs)):
+            for texts, ch, rj in grouped_batches(groups, cfg.texts_per_batch, np.random.default_rng(seed + 1 + epoch)):
+                b = pack([ids[t] for t in texts], [[] for _ in texts], tokenizer.pad_token_id)
+                r = sequence_scores(model, b["input_ids"].to(dev), b["attention_mask"].to(dev),
+                                    position_ids=b["position_ids"].to(dev))
+                r_chosen, r_rejected = r[torch.tensor(ch, device=dev)], r[torch.tensor(rj, device=dev)]
+                loss = bradley_terry_loss(r_chosen, r_rejected)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step += 1
+                losses.append(loss.item())
+                window.append(float((r_chosen > r_rejected).float().mean()))
+                if step % cfg.logging_steps == 0:
+                    row = {"reward/loss": float(np.mean(losses[-cfg.logging_steps:])),
+                           "reward/accuracy": float(np.mean(window)), "reward/learning_rate": sched.get_last_lr()[0],
+                           "reward/epoch": step / per_epoch}
+                    bar.update(0, loss=row["reward/loss"], accuracy=row["reward/accuracy"])
+                    if run_dir is not None:
+                        run_dir.log(row, step=step)
+                    window = []
+                bar.update(1)
+                if step >= total:
+                    return float(np.mean(losses))
     return float(np.mean(losses)) if losses else float("nan")
 
 

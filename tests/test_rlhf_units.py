@@ -18,6 +18,7 @@ from rlhf.ppo import (
     clipped_surrogate,
     clipped_value_loss,
     gae,
+    k3_kl,
     kl_penalized_rewards,
     whiten,
 )
@@ -295,6 +296,34 @@ def test_whiten_clipped_surrogate_value_loss_and_kl_controller():
     ctl = AdaptiveKLController(0.1, target=2.0, horizon=100)
     assert ctl.update(kl=4.0, n=10) == pytest.approx(0.1 * (1 + 0.2 * 0.1))
     assert AdaptiveKLController(0.1, None, 100).update(50.0, 10) == 0.1
+
+
+def test_k3_kl_by_hand_and_as_the_surrogate_approx_kl():
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[2.0, 0.5, 3.0]]))  # ratios 2, 1/2 and 3 (the last one padding)
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    # (ratio - 1) - log ratio: (1 - ln 2) and (-1/2 + ln 2), averaged over the two real tokens
+    expected = ((1 - math.log(2)) + (-0.5 + math.log(2))) / 2
+    assert float(k3_kl(new, old, mask)) == pytest.approx(expected, rel=1e-6)
+    assert float(k3_kl(new, old)) == pytest.approx((expected * 2 + 2 - math.log(3)) / 3, rel=1e-6)
+    assert float(k3_kl(old, old, mask)) == 0.0
+    _, _, approx_kl = clipped_surrogate(new, old, torch.ones(1, 3), mask, clip=0.2)
+    assert float(approx_kl) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_sweep_metric_an_rlhf_stage_never_reports_is_refused_with_the_nearest_name():
+    from pipelines.registry import get_pipeline
+    from pipelines.tune import SweepConfig, plan_sweep
+
+    search = {"ppo.learning_rate": "loguniform(1e-5,1e-4)"}
+    with pytest.raises(ConfigError, match="rlhf-ppo' never reports metric 'final/train_loss'; did you mean 'final/"):
+        plan_sweep(SweepConfig(preset="rlhf-ppo", search=search, metric="final/train_loss"))
+    plan = plan_sweep(SweepConfig(preset="rlhf-ppo", search=search))  # the declared default
+    assert (plan.metric, plan.mode) == ("eval_gold_reward", "max")
+    assert plan_sweep(SweepConfig(preset="rlhf-ppo", search=search, metric="final/gold_gain", mode="max"))
+    for stage in ("sft", "reward", "ppo", "dpo", "all", "eval"):  # each stage's default is one it reports
+        pipe = get_pipeline(f"rlhf-{stage}")
+        assert pipe.tune_metric[0] in pipe.metrics and len(set(pipe.metrics)) == len(pipe.metrics)
 
 
 # --- artifacts and refusals ---------------------------------------------------------------
