@@ -49,10 +49,10 @@ def main() -> None:
                                   "rl": rl})
         with Timer() as t:
             rd, res = execute(resolved)
-        curve = [r["episode_return_mean"] for r in read_metrics(rd.path)
-                 if isinstance(r.get("episode_return_mean"), float) and not math.isnan(r["episode_return_mean"])]
+        curve = [r["episode_return"] for r in read_metrics(rd.path)
+                 if isinstance(r.get("episode_return"), float) and not math.isnan(r["episode_return"])]
         rows.append({"torso": label, "env_steps": res.get("env_steps"),
-                     "final_return_mean": res.get("episode_return_mean"),
+                     "final_return_mean": res.get("episode_return"),
                      "mean_return_along_run": sum(curve) / len(curve) if curve else float("nan"),
                      "seconds": round(t.seconds, 1)})
         print(rows[-1], flush=True)

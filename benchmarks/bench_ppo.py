@@ -39,7 +39,7 @@ def ac_config(rollout_length: int, iterations: int):
     from rl.actor_critic import ACConfig
 
     return ACConfig(algo="ppo", total_steps=rollout_length * ENVS * iterations, rollout_length=rollout_length,
-                    learning_rate=2.5e-4, anneal_lr=True, epochs=1, num_minibatches=4, clip_eps=0.1,
+                    learning_rate=2.5e-4, anneal_lr=True, update_epochs=1, num_minibatches=4, clip_range=0.1,
                     clip_value=True, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5, checkpoint_every=0,
                     eval_episodes=0)
 
@@ -113,7 +113,7 @@ def main() -> None:
     print_table(rows, ["system", "env_steps_per_s", "timed_env_steps", "seconds", "vs_rllib"],
                 title=f"Pong PPO training throughput (batch {batch}, minibatch {batch // 4}, 1 epoch; "
                       "timed after the first iteration)")
-    print(f"wrote {write_results('ppo', rows, args.out, env=ENV_ID, envs=ENVS, batch=batch, minibatch=batch // 4, epochs=1, quick=args.quick)}")
+    print(f"wrote {write_results('ppo', rows, args.out, env=ENV_ID, envs=ENVS, batch=batch, minibatch=batch // 4, update_epochs=1, quick=args.quick)}")
 
 
 if __name__ == "__main__":

@@ -53,11 +53,11 @@ class Ale:
 
 class Reinforge:
     def __init__(self, workers: int, envs_per_worker: int, threads: int, seg: int):
-        from rl.rollout import RolloutConfig, RolloutGroup
+        from rl.rollout import RandomPolicy, RolloutConfig, RolloutGroup
 
         self.group = RolloutGroup(env_cfg(threads), RolloutConfig(
             num_workers=workers, envs_per_worker=envs_per_worker, cpus_per_worker=0.5, steps_per_sample=seg),
-            "rl.rollout:RandomPolicy", seed=0, newest_frame_only=True)
+            RandomPolicy, seed=0, newest_frame_only=True)
         self.group.sample()  # warm-up: actors started, envs reset
 
     def measure(self, env_steps: int) -> float:

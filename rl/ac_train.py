@@ -16,7 +16,6 @@ optimizer and the step counters; a resumed run continues from them (fresh env ep
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from typing import Any
@@ -24,25 +23,23 @@ from typing import Any
 import numpy as np
 
 from cluster.errors import ReinforgeError
+from cluster.progress import progress
 from rl.ac_rollout import ActorCriticPolicy, flatten_rollouts
 from rl.actor_critic import ACConfig, annealed_lr, build_actor_critic, make_optimizer, update
 from rl.policy_gradient import explained_variance
+from rl.threads import free_cores, learner_threads
 
 
 def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: str = "auto",
           keep_checkpoints: int = 3) -> dict[str, Any]:
-    import torch
-
+    """Train and checkpoint; the final metrics (evaluation and plots are the pipeline's)."""
     from cluster.runtime import select_device
 
-    threads = torch.get_num_threads()
     dev = select_device(device)
-    if dev.type == "cpu":  # the cores the rollout actors do not hold (oversubscribing is far slower)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - int(rollout_cfg.num_workers * rollout_cfg.cpus_per_worker)))
-    try:
+    # the cores the rollout actors do not hold (oversubscribing is far slower)
+    cores = free_cores(rollout_cfg.num_workers, rollout_cfg.cpus_per_worker) if dev.type == "cpu" else None
+    with learner_threads(cores):
         return _train(env_cfg, rollout_cfg, cfg, run_dir, seed, dev, keep_checkpoints)
-    finally:
-        torch.set_num_threads(threads)  # the caller's setting (tests and Tune trials share a process)
 
 
 def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_checkpoints: int) -> dict[str, Any]:
@@ -59,20 +56,22 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
     model = build_actor_critic(obs_space, act_space, cfg).to(dev)
     optimizer = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(seed)
-    env_steps = updates = 0
+    env_steps = updates = games = 0
     latest = run_dir.latest_checkpoint()
     if latest is not None:
         ckpt = load_checkpoint(latest)
         model.load_state_dict(ckpt.objects["model"])
         optimizer.load_state_dict(ckpt.objects["optimizer"])
-        env_steps, updates = int(ckpt.objects["state"]["env_steps"]), int(ckpt.objects["state"]["updates"])
+        state = ckpt.objects["state"]
+        env_steps, updates, games = int(state["env_steps"]), int(state["updates"]), int(state.get("games", 0))
     if env_steps >= cfg.total_steps:
         raise ReinforgeError(f"run already finished ({env_steps} of rl.total_steps={cfg.total_steps} env steps); "
                              "raise rl.total_steps with --set to train further")
 
     def save() -> None:
         run_dir.save_checkpoint(env_steps, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "state": {"env_steps": env_steps, "updates": updates}},
+                                            "state": {"env_steps": env_steps, "updates": updates,
+                                                      "games": games}},
                                 keep=keep_checkpoints)
 
     # a resumed run gets fresh worker seeds (it does not replay the first run's episodes)
@@ -83,6 +82,7 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
     t_start = time.perf_counter()
     steps_at_start = env_steps
     row: dict[str, Any] = {}
+    bar = progress(cfg.total_steps, f"{cfg.algo.upper()} {env_cfg.id}", unit="step", initial=env_steps)
     try:
         while env_steps < cfg.total_steps:
             t0 = time.perf_counter()
@@ -98,6 +98,7 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
             for seg in segments:
                 recent.extend(seg["game_returns"])
                 recent_len.extend(seg["game_lengths"])
+                games += len(seg["game_returns"])
                 seg["last_values"] = model.values(seg["last_obs"])  # V(s_T) for bootstrapping, same weights
             batch = flatten_rollouts(segments, cfg.gamma, cfg.gae_lambda)
             model.train()
@@ -106,26 +107,30 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
             updates += 1
             env_steps += int(batch["actions"].shape[0])
             dt = time.perf_counter() - t0
+            episode_return = float(np.mean(recent)) if recent else float("nan")
+            bar.update(int(batch["actions"].shape[0]), episode_return=episode_return)
             if updates % cfg.log_every == 0 or env_steps >= cfg.total_steps:
                 row = {
-                    "env_steps": env_steps, "updates": updates, "learning_rate": lr,
-                    "episode_return_mean": float(np.mean(recent)) if recent else float("nan"),
-                    "episode_length_mean": float(np.mean(recent_len)) if recent_len else float("nan"),
-                    "episodes_seen": len(recent),
+                    "env_steps": env_steps, "updates": updates, "games": games, "learning_rate": lr,
+                    "episode_return": episode_return,
+                    "episode_length": float(np.mean(recent_len)) if recent_len else float("nan"),
                     "explained_variance": explained_variance(batch["values"], batch["returns"]),
                     "env_steps_per_s": env_steps_per_s(env_steps - steps_at_start, t_start),
-                    "iteration_s": dt, "rollout_s": t_roll, "workers_failed": group.failures, **stats,
+                    "iteration_s": dt, "rollout_s": t_roll, "worker_failures": group.failures, **stats,
                 }
                 run_dir.log(row, step=env_steps)
             if cfg.checkpoint_every and env_steps - last_ckpt >= cfg.checkpoint_every:
                 save()
                 last_ckpt = env_steps
     finally:
+        bar.close()
         group.close()
     save()
-    return {"env_steps": env_steps, "updates": updates,
-            "episode_return_mean": row.get("episode_return_mean", float("nan")),
-            "env_steps_per_s": env_steps_per_s(env_steps - steps_at_start, t_start)}
+    return {"env_steps": env_steps, "updates": updates, "games": games,
+            "episode_return": row.get("episode_return", float("nan")),
+            "episode_length": row.get("episode_length", float("nan")),
+            "env_steps_per_s": env_steps_per_s(env_steps - steps_at_start, t_start),
+            "worker_failures": group.failures}
 
 
 def env_steps_per_s(steps: int, t_start: float) -> float:

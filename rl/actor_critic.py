@@ -8,7 +8,7 @@ sqrt(2), policy head 0.01 so the first policy is near uniform, value head 1).
 The learner consumes flat batches (see ``rl.ac_rollout.flatten_rollouts``) and applies:
 
 * A2C: one gradient step on the whole rollout, ``L = L_pg + vf_coef L_V - ent_coef H``;
-* PPO: ``epochs`` passes of shuffled minibatches on the clipped surrogate, with optional
+* PPO: ``update_epochs`` passes of shuffled minibatches on the clipped surrogate, with optional
   value clipping, advantage normalisation and an early stop when approx-KL > target_kl.
 
 The equations themselves are in ``rl.policy_gradient``.
@@ -46,10 +46,10 @@ class ACConfig:
     adam_eps: float = 1e-5
     gamma: float = 0.99
     gae_lambda: float = 0.95  # 1.0 gives plain n-step returns (classic A2C)
-    epochs: int = 4  # PPO passes over each rollout (A2C: always 1)
+    update_epochs: int = 4  # PPO passes over each rollout (A2C: always 1)
     num_minibatches: int = 4  # PPO minibatches per epoch (A2C: always 1)
-    clip_eps: float = 0.1  # PPO ratio clip
-    clip_value: bool = True  # PPO value clipping (with clip_eps)
+    clip_range: float = 0.1  # PPO ratio clip
+    clip_value: bool = True  # PPO value clipping (with clip_range)
     normalize_advantages: bool = True
     ent_coef: float = 0.01
     vf_coef: float = 0.5
@@ -71,13 +71,13 @@ class ACConfig:
             raise ConfigError(f"unknown backend rl.backend={self.backend!r}; use native or rllib")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer rl.optimizer={self.optimizer!r}; use adam or rmsprop")
-        for name in ("total_steps", "rollout_length", "epochs", "num_minibatches", "log_every"):
+        for name in ("total_steps", "rollout_length", "update_epochs", "num_minibatches", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ConfigError("rl.gamma must be in (0, 1] and rl.gae_lambda in [0, 1]")
-        if self.learning_rate <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:
-            raise ConfigError("rl.learning_rate, rl.clip_eps and rl.max_grad_norm must be > 0")
+        if self.learning_rate <= 0 or self.clip_range <= 0 or self.max_grad_norm <= 0:
+            raise ConfigError("rl.learning_rate, rl.clip_range and rl.max_grad_norm must be > 0")
         if self.target_kl is not None and self.target_kl <= 0:
             raise ConfigError("rl.target_kl must be > 0, or null to disable the early stop")
 
@@ -207,13 +207,13 @@ def a2c_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cf
 
 def ppo_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cfg: ACConfig,
                generator: torch.Generator | None = None) -> dict[str, float]:
-    """``epochs`` x ``num_minibatches`` clipped-surrogate steps; early stop on ``target_kl``."""
+    """``update_epochs`` x ``num_minibatches`` clipped-surrogate steps; early stop on ``target_kl``."""
     n = batch["actions"].shape[0]
     mb_size = n // cfg.num_minibatches
     sums: dict[str, float] = {}
     count = 0
     epochs_run = 0
-    for _ in range(cfg.epochs):
+    for _ in range(cfg.update_epochs):
         epochs_run += 1
         perm = torch.randperm(n, generator=generator).to(batch["actions"].device)
         epoch_kl = []
@@ -221,14 +221,14 @@ def ppo_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cf
             mb = {k: v[perm[start:start + mb_size]] for k, v in batch.items()}
             logprobs, values, adv, entropy = _loss_terms(model, mb, cfg)
             ratio = pg.probability_ratio(logprobs, mb["logprobs"])
-            policy_loss = pg.clipped_surrogate(ratio, adv, cfg.clip_eps)
-            v_loss = pg.value_loss(values, mb["returns"], mb["values"] if cfg.clip_value else None, cfg.clip_eps)
+            policy_loss = pg.clipped_surrogate(ratio, adv, cfg.clip_range)
+            v_loss = pg.value_loss(values, mb["returns"], mb["values"] if cfg.clip_value else None, cfg.clip_range)
             loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
             grad_norm = _step(model, optimizer, loss, cfg)
             with torch.no_grad():
-                kl = float(pg.approx_kl(logprobs, mb["logprobs"]))
+                kl = float(pg.k3_kl(logprobs, mb["logprobs"]))
                 row = {"policy_loss": policy_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
-                       "approx_kl": kl, "clip_fraction": float(pg.clip_fraction(ratio, cfg.clip_eps)),
+                       "approx_kl": kl, "clip_fraction": float(pg.clip_fraction(ratio, cfg.clip_range)),
                        "grad_norm": grad_norm}
             for k, v in row.items():
                 sums[k] = sums.get(k, 0.0) + v

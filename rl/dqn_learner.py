@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,12 +25,13 @@ import torch
 
 from cluster.checkpoint import load_checkpoint
 from cluster.errors import ConfigError, ReinforgeError
-from rl.dqn import DQNConfig, build_q_network, hard_update, linear_epsilon, polyak_update, q_update
+from cluster.progress import progress
+from rl.dqn import DQNConfig, QPolicy, build_q_network, hard_update, linear_epsilon, polyak_update, q_update
 from rl.envs import EnvConfig, check_env_id, is_atari, make_env
-from rl.evaluation import evaluate_policy, human_normalized_score
 from rl.networks import NatureCNN, load_torso
 from rl.replay import ReplayMemory
 from rl.rollout import RolloutConfig, RolloutGroup
+from rl.threads import free_cores, learner_threads
 
 
 def net_spec(cfg: DQNConfig) -> dict[str, Any]:
@@ -79,25 +79,24 @@ def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items() if k != "indices"}
 
 
-def _progress(total: int, initial: int):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
-                disable=None)
-
-
 def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, seed: int = 0, device: str = "auto",
           keep_checkpoints: int = 3, on_log: Callable[[dict[str, Any], RolloutGroup], None] | None = None) -> dict[str, Any]:
+    """Train and checkpoint; the final metrics (evaluation and plots are the pipeline's)."""
     from cluster.runtime import select_device
 
     dev = select_device(device)
+    # leave the cores the workers reserved to them
+    with learner_threads(free_cores(roll_cfg.num_workers, roll_cfg.cpus_per_worker) if dev.type == "cpu" else None):
+        return _train(env_cfg, roll_cfg, cfg, run_dir, seed, dev, keep_checkpoints, on_log)
+
+
+def _train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, seed: int, dev: torch.device,
+           keep_checkpoints: int, on_log) -> dict[str, Any]:
     torch.manual_seed(seed)
     spec = net_spec(cfg)
     check_env_id(env_cfg.id)
     check_plan(cfg, env_cfg)  # refuse before any actor starts
-    group = RolloutGroup(env_cfg, roll_cfg, "rl.dqn:QPolicy",
+    group = RolloutGroup(env_cfg, roll_cfg, QPolicy,
                          {"net": spec, "exploration": cfg.exploration, "apex_base": cfg.apex_base,
                           "apex_alpha": cfg.apex_alpha}, seed=seed, newest_frame_only=True)
     bar = None
@@ -127,12 +126,6 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
                               cfg.prioritized, cfg.alpha, seed=seed)
         E = roll_cfg.envs_per_worker
         max_lag = max(16.0, roll_cfg.steps_per_sample * E * cfg.replay_ratio)
-        if dev.type == "cpu":  # leave the cores the workers reserved to them (a fraction counts whole:
-            # intra-op threads that outnumber free cores spin and stall the update many times over)
-            import os
-
-            reserved = math.ceil(roll_cfg.num_workers * roll_cfg.cpus_per_worker)
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) - reserved))
         group.put_weights(online.state_dict())
 
         def epsilon() -> float:
@@ -141,7 +134,8 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
         def beta() -> float:
             return min(1.0, cfg.beta_start + (1.0 - cfg.beta_start) * env_steps / cfg.total_steps)
 
-        recent = deque(maxlen=20)
+        recent = deque(maxlen=100)  # episode_return: the last 100 games
+        recent_len = deque(maxlen=100)
         last_metrics: dict[str, float] = {}
         fill_target = cfg.learning_starts
         collected = 0  # env steps since this process started (the replay refills on resume)
@@ -149,7 +143,7 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
         t_start = time.perf_counter()
         next_log = (env_steps // cfg.log_every + 1) * cfg.log_every
         next_ckpt = (env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-        bar = _progress(cfg.total_steps, env_steps)
+        bar = progress(cfg.total_steps, f"{cfg.algo.upper()} {env_cfg.id}", unit="step", initial=env_steps)
         row: dict[str, Any] = {}
 
         def log_now() -> None:
@@ -158,8 +152,9 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
             row = {
                 "env_steps": env_steps, "updates": updates, "games": games,
                 "episode_return": float(np.mean(recent)) if recent else math.nan,
+                "episode_length": float(np.mean(recent_len)) if recent_len else math.nan,
                 "epsilon": epsilon() if cfg.exploration == "linear" else cfg.apex_base,
-                "steps_per_sec": (env_steps - start_steps) / max(elapsed, 1e-9),
+                "env_steps_per_s": (env_steps - start_steps) / max(elapsed, 1e-9),
                 "replay_size": len(replay), "worker_failures": group.failures, **last_metrics,
             }
             run_dir.log(row, step=env_steps)
@@ -183,11 +178,10 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
                 collected += n
                 if collected >= fill_target:
                     due += n * cfg.replay_ratio
-                for r in seg["game_returns"]:
-                    recent.append(r)
-                    games += 1
-                if bar is not None:
-                    bar.update(n)
+                recent.extend(seg["game_returns"])
+                recent_len.extend(seg["game_lengths"])
+                games += len(seg["game_returns"])
+                bar.update(n)
             # keep the replay ratio: a worker gets its next request only once the learner has
             # caught up (restarted workers whose requests were lost get new ones here too)
             if due <= max_lag:
@@ -208,9 +202,7 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
             if env_steps >= next_log:
                 log_now()
                 next_log = (env_steps // cfg.log_every + 1) * cfg.log_every
-                if bar is not None:
-                    bar.set_postfix(sps=f"{row['steps_per_sec']:.0f}", ret=f"{row['episode_return']:.1f}",
-                                    eps=f"{row['epsilon']:.3f}", refresh=False)
+                bar.update(0, episode_return=row["episode_return"], epsilon=row["epsilon"])
             if env_steps >= next_ckpt:
                 checkpoint()
                 next_ckpt = (env_steps // cfg.checkpoint_every + 1) * cfg.checkpoint_every
@@ -221,24 +213,11 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
             bar.close()
         group.close()
     seconds = time.perf_counter() - t_start
-    result: dict[str, Any] = {
+    return {
         "env_steps": env_steps, "updates": updates, "games": games,
         "episode_return": row.get("episode_return", math.nan),
-        "steps_per_sec": (env_steps - start_steps) / max(seconds, 1e-9), "worker_failures": group.failures,
+        "env_steps_per_s": (env_steps - start_steps) / max(seconds, 1e-9), "worker_failures": group.failures,
     }
-    if cfg.eval_episodes > 0:
-        online.eval()
-        ev = evaluate_policy(env_cfg, lambda o: online(torch.as_tensor(o, device=dev)).detach().cpu().numpy(),
-                             cfg.eval_episodes, epsilon=cfg.eval_epsilon, seed=seed + 12345)
-        result["eval_return"] = ev["mean_return"]
-        result["eval_std"] = ev["std_return"]
-        hns = human_normalized_score(env_cfg.id, ev["mean_return"])
-        if not math.isnan(hns):
-            result["human_normalized"] = hns
-        run_dir.log({"eval_return": ev["mean_return"], "eval_std": ev["std_return"]}, step=env_steps)
-    run_dir.plot("training", ["episode_return", "epsilon", "loss", "steps_per_sec"], x="step",
-                 title=f"{cfg.algo} on {env_cfg.id}")
-    return result
 
 
 def load_q_network(checkpoint, observation_space) -> torch.nn.Module:

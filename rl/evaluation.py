@@ -66,15 +66,18 @@ def human_normalized_score(env_id: str, score: float) -> float:
 
 def evaluate_policy(env_cfg: EnvConfig, q_fn: Callable[[np.ndarray], np.ndarray], episodes: int,
                     epsilon: float = 0.05, seed: int = 0, video_dir: str | Path | None = None,
-                    max_steps: int | None = None) -> dict[str, Any]:
+                    max_steps: int | None = None, frames: list | None = None) -> dict[str, Any]:
     """Play ``episodes`` whole games epsilon-greedily on ``q_fn(obs_batch) -> scores``.
 
     ``q_fn`` returns per-action scores (Q-values or logits) for a batch of observations; the
-    argmax is the greedy action. Returns raw returns, lengths, mean/std and the
-    human-normalised mean. ``video_dir`` records the first episode with gymnasium's
-    RecordVideo (needs moviepy; without it a one-line note is returned instead).
+    argmax is the greedy action. Returns the raw per-game ``returns`` and ``lengths``,
+    ``eval_return`` (mean), ``eval_return_std``, ``eval_episodes`` and, for Atari games in the
+    table, ``eval_human_normalized``. ``video_dir`` records the first episode with gymnasium's
+    RecordVideo (needs moviepy; without it a one-line note is returned instead); a ``frames``
+    list receives the first episode's rendered RGB frames (for a GIF).
     """
-    env = make_env(env_cfg, seed=None, training=False, render_mode="rgb_array" if video_dir else None)
+    render = "rgb_array" if video_dir or frames is not None else None
+    env = make_env(env_cfg, seed=None, training=False, render_mode=render)
     note = None
     if video_dir:
         try:
@@ -99,6 +102,8 @@ def evaluate_policy(env_cfg: EnvConfig, q_fn: Callable[[np.ndarray], np.ndarray]
             else:
                 action = int(np.argmax(q_fn(np.asarray(obs)[None])[0]))
             obs, reward, terminated, truncated, _ = env.step(action)
+            if frames is not None and ep == 0:
+                frames.append(env.render())
             total += float(reward)
             steps += 1
             done = terminated or truncated
@@ -107,12 +112,43 @@ def evaluate_policy(env_cfg: EnvConfig, q_fn: Callable[[np.ndarray], np.ndarray]
     env.close()
     mean = float(np.mean(returns)) if returns else math.nan
     out: dict[str, Any] = {
-        "episodes": episodes, "epsilon": epsilon, "returns": returns, "lengths": lengths,
-        "mean_return": mean, "std_return": float(np.std(returns)) if returns else math.nan,
-        "human_normalized": human_normalized_score(env_cfg.id, mean),
+        "eval_return": mean, "eval_return_std": float(np.std(returns)) if returns else math.nan,
+        "eval_episodes": episodes, "epsilon": epsilon, "returns": returns, "lengths": lengths,
     }
+    hns = human_normalized_score(env_cfg.id, mean)
+    if not math.isnan(hns):  # an Atari game with a table entry
+        out["eval_human_normalized"] = hns
     if note:
         out["video_note"] = note
     elif video_dir:
         out["video_dir"] = str(video_dir)
     return out
+
+
+# (run_path) -> (obs batch -> per-action scores, the checkpoint it came from)
+PolicyLoader = Callable[[str | Path], tuple[Callable[[np.ndarray], np.ndarray], Any]]
+
+
+def evaluate_run(run_path: str | Path, env_cfg: EnvConfig, load_policy: PolicyLoader, episodes: int,
+                 epsilon: float, video: bool = False, seed: int = 0, max_steps: int | None = None,
+                 frames: list | None = None) -> dict[str, Any]:
+    """Play ``episodes`` games with the policy of a run's latest checkpoint (each pipeline
+    supplies ``load_policy``: Q-network or actor-critic logits); ``eval_return`` etc., the
+    per-game ``returns`` and ``lengths``, and which checkpoint was played."""
+    policy, ckpt = load_policy(run_path)
+    video_dir = Path(run_path) / "videos" if video and Path(run_path).is_dir() else None
+    out = evaluate_policy(env_cfg, policy, episodes, epsilon=epsilon, seed=seed, video_dir=video_dir,
+                          max_steps=max_steps, frames=frames)
+    out["checkpoint"] = str(ckpt.path)
+    out["step"] = ckpt.step
+    return out
+
+
+EVAL_METRICS = ("eval_return", "eval_return_std", "eval_episodes", "eval_human_normalized")
+
+
+def log_evaluation(run_dir, ev: dict[str, Any], step: int) -> dict[str, Any]:
+    """The final evaluation's metrics, logged as one row at ``step``; returned for the result."""
+    row = {k: ev[k] for k in EVAL_METRICS if k in ev}
+    run_dir.log(row, step=step)
+    return row

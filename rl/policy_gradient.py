@@ -84,10 +84,10 @@ def probability_ratio(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor) ->
     return torch.exp(new_logprobs - old_logprobs)
 
 
-def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_eps: float) -> torch.Tensor:
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
     """PPO's actor loss ``- E[ min(rho A, clip(rho, 1-eps, 1+eps) A) ]`` (to be minimised)."""
     unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages
     return -torch.min(unclipped, clipped).mean()
 
 
@@ -95,20 +95,20 @@ def value_loss(
     values: torch.Tensor,
     returns: torch.Tensor,
     old_values: torch.Tensor | None = None,
-    clip_eps: float | None = None,
+    clip_range: float | None = None,
 ) -> torch.Tensor:
     """Critic loss ``0.5 * E[(V(s) - R)^2]``.
 
-    With ``old_values`` and ``clip_eps`` (PPO's value clipping), the prediction may not move
-    more than ``clip_eps`` from the value at collection time without losing its gradient::
+    With ``old_values`` and ``clip_range`` (PPO's value clipping), the prediction may not move
+    more than ``clip_range`` from the value at collection time without losing its gradient::
 
         V_clip = V_old + clip(V - V_old, -eps, eps)
         L_V    = 0.5 * E[ max((V - R)^2, (V_clip - R)^2) ]
     """
     unclipped = (values - returns) ** 2
-    if old_values is None or clip_eps is None:
+    if old_values is None or clip_range is None:
         return 0.5 * unclipped.mean()
-    v_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    v_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     return 0.5 * torch.max(unclipped, (v_clipped - returns) ** 2).mean()
 
 
@@ -117,15 +117,17 @@ def entropy_bonus(entropy: torch.Tensor) -> torch.Tensor:
     return entropy.mean()
 
 
-def approx_kl(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
-    """Estimate of ``KL(pi_old || pi_theta)``: ``E[(rho - 1) - log rho]`` (unbiased, >= 0)."""
-    log_ratio = new_logprobs - old_logprobs
+def k3_kl(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    """The k3 estimator of ``KL(pi_old || pi_new)`` (Schulman, "Approximating KL divergence"):
+    mean of ``(ratio - 1) - log(ratio)`` with ``ratio = exp(logp_new - logp_old)``, on samples
+    drawn from ``pi_old``; unbiased and >= 0 for every sample. Logged as ``approx_kl``."""
+    log_ratio = logp_new - logp_old
     return ((torch.exp(log_ratio) - 1.0) - log_ratio).mean()
 
 
-def clip_fraction(ratio: torch.Tensor, clip_eps: float) -> torch.Tensor:
+def clip_fraction(ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
     """Share of samples whose ratio left ``[1 - eps, 1 + eps]`` (their gradient is cut)."""
-    return ((ratio - 1.0).abs() > clip_eps).float().mean()
+    return ((ratio - 1.0).abs() > clip_range).float().mean()
 
 
 def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:

@@ -92,7 +92,6 @@ class ReplayMemory:
         self.terminated = np.zeros((self.S, self.C), dtype=bool)
         self.truncated = np.zeros((self.S, self.C), dtype=bool)
         self.count = np.zeros(self.S, dtype=np.int64)  # slots ever written per stream
-        self.prioritized = prioritized
         self.alpha, self.priority_eps = float(alpha), float(priority_eps)
         self.tree = SumTree(self.S * self.C) if prioritized else None
         self.max_priority = 1.0

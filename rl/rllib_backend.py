@@ -12,7 +12,7 @@ or the MLP hidden sizes for vector observations.
 
 What differs, honestly: RLlib's ``vf_clip_param`` clips the value *loss* (at its default 10)
 rather than the value prediction (``clip_value`` maps to that, or to no clipping); RLlib puts the 512-unit layer in each head (policy and value) rather
-than in the shared torso, and its ``episode_return_mean`` is per life-loss episode of the
+than in the shared torso, and its ``episode_return_mean`` (logged as ``episode_return``) is per life-loss episode of the
 clipped reward (for Pong the same as the game score; for games with lives it is not).
 
 Checkpoints: the RLModule's weights in reinforge's safetensors format (``rllib_module`` in
@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from cluster.errors import CheckpointError, ReinforgeError
+from cluster.progress import progress
 from rl.actor_critic import ACConfig
 
 RLLIB_VF_CLIP = 10.0  # RLlib clips the value *loss* at this (its default), not the prediction
@@ -90,10 +91,10 @@ def build_config(env_cfg, rollout_cfg, cfg: ACConfig, seed: int = 0, device: str
         .env_runners(num_env_runners=rollout_cfg.num_workers, num_envs_per_env_runner=rollout_cfg.envs_per_worker,
                      rollout_fragment_length=cfg.rollout_length, num_cpus_per_env_runner=rollout_cfg.cpus_per_worker)
         .learners(num_learners=0, num_gpus_per_learner=1 if use_gpu else 0)
-        .training(lr=lr, gamma=cfg.gamma, lambda_=cfg.gae_lambda, clip_param=cfg.clip_eps,
+        .training(lr=lr, gamma=cfg.gamma, lambda_=cfg.gae_lambda, clip_param=cfg.clip_range,
                   vf_clip_param=RLLIB_VF_CLIP if cfg.clip_value else math.inf, entropy_coeff=cfg.ent_coef,
                   vf_loss_coeff=cfg.vf_coef, grad_clip=cfg.max_grad_norm, grad_clip_by="global_norm",
-                  num_epochs=cfg.epochs, minibatch_size=batch // cfg.num_minibatches,
+                  num_epochs=cfg.update_epochs, minibatch_size=batch // cfg.num_minibatches,
                   train_batch_size_per_learner=batch,
                   # KL term computed (so approx_kl is reported) but weighted 0, like the native loss
                   use_kl_loss=True, kl_coeff=0.0)
@@ -119,15 +120,17 @@ def metrics_row(result: dict[str, Any], steps_at_start: int, t_start: float, ite
     return {
         "env_steps": env_steps,
         "updates": int(result.get("training_iteration", 0)),
+        "games": int(_get(result, "env_runners", "num_episodes_lifetime", default=0) or 0),
         "learning_rate": _get(learner, "default_optimizer_learning_rate"),
-        "episode_return_mean": _get(result, "env_runners", "episode_return_mean"),
-        "episode_length_mean": _get(result, "env_runners", "episode_len_mean"),
+        "episode_return": _get(result, "env_runners", "episode_return_mean"),
+        "episode_length": _get(result, "env_runners", "episode_len_mean"),
         "explained_variance": _get(learner, "vf_explained_var"),
         "env_steps_per_s": (env_steps - steps_at_start) / max(time.perf_counter() - t_start, 1e-9),
         "iteration_s": iteration_s,
         "policy_loss": _get(learner, "policy_loss"),
         "value_loss": _get(learner, "vf_loss"),
         "entropy": _get(learner, "entropy"),
+        # RLlib reports the exact KL(old || new) of the action distributions, not the k3 sample estimate
         "approx_kl": _get(learner, "mean_kl_loss"),
     }
 
@@ -149,19 +152,23 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
         t_start = time.perf_counter()  # after build_algo: env-runner start-up is not counted
         row: dict[str, Any] = {"env_steps": 0}
         last_ckpt = 0
+        bar = progress(cfg.total_steps, f"PPO (RLlib) {env_cfg.id}", unit="step")
         while row["env_steps"] < cfg.total_steps:
             t0 = time.perf_counter()
             result = algo.train()
+            steps_before = row["env_steps"]
             row = metrics_row(result, 0, t_start, time.perf_counter() - t0)
+            bar.update(row["env_steps"] - steps_before, episode_return=row["episode_return"])
             run_dir.log(row, step=row["env_steps"])
             if cfg.checkpoint_every and row["env_steps"] - last_ckpt >= cfg.checkpoint_every:
                 save(row["env_steps"])
                 last_ckpt = row["env_steps"]
+        bar.close()
         save(row["env_steps"])
     finally:
         algo.stop()
-    return {"env_steps": row.get("env_steps", 0), "updates": row.get("updates", 0),
-            "episode_return_mean": row.get("episode_return_mean", float("nan")),
+    return {"env_steps": row.get("env_steps", 0), "updates": row.get("updates", 0), "games": row.get("games", 0),
+            "episode_return": row.get("episode_return", float("nan")),
             "env_steps_per_s": row.get("env_steps_per_s", float("nan"))}
 
 

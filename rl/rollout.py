@@ -2,8 +2,7 @@
 policy copy, returning fixed-length segments. DQN turns segments into replay transitions;
 A2C/PPO use them as on-policy rollouts.
 
-Pluggable policy (a plain class, importable in the worker, given as ``"module:Class"`` or the
-class itself)::
+Pluggable policy (a plain class, importable in the worker, passed as the class itself)::
 
     class MyPolicy:
         def __init__(self, observation_space, action_space, *, worker_index, num_workers, seed, **policy_kwargs): ...
@@ -28,10 +27,8 @@ Segment returned by ``RolloutWorker.sample(T)`` (E = envs per worker; arrays are
     <policy keys>  whatever ``act`` returned besides "action" (e.g. logprobs, values)
     bootstrap_values (T, E) float32  policy.value(final obs) where truncated, else 0 (only if
                    the policy has ``value``)
-    final_obs      (K, ...) last obs of the K episodes that ended inside the segment,
-    final_index    (K, 2) int64 their (t, e); next obs of step t is final_obs there, else
-                   obs[t + 1] (or ``last_obs`` for t = T - 1)
-    last_obs, last_first  (E, ...), (E,) state after the segment (the next segment starts there)
+    last_obs       (E, ...) obs after the segment (actor-critic bootstraps V(last_obs); the next
+                   segment starts there)
     game_returns, game_lengths  lists: true (unclipped, whole-game) scores of games that ended
     worker_index, version (weights version used), env_steps, seconds
 
@@ -49,7 +46,6 @@ current weights on its next request.
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from dataclasses import dataclass
@@ -85,13 +81,6 @@ class RolloutConfig:
             raise ConfigError(f"rollout.max_restarts={self.max_restarts} must be >= 0 (-1 is not allowed here)")
 
 
-def load_class(spec: str | type) -> type:
-    if not isinstance(spec, str):
-        return spec
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def _default_priority() -> None:
     """Ray starts worker processes at nice 15 (its ``worker_niceness``) so they cannot starve
     the raylet; a rollout actor is the hot loop and would then lose the cores to the learner
@@ -108,7 +97,7 @@ class RolloutWorker:
     """One rollout actor: a vector env and a local policy copy. Plain class; the group makes it
     a Ray actor through ``cluster.runtime.make_actor``."""
 
-    def __init__(self, worker_index: int, num_workers: int, env_cfg: EnvConfig, num_envs: int, policy: str | type,
+    def __init__(self, worker_index: int, num_workers: int, env_cfg: EnvConfig, num_envs: int, policy: type,
                  policy_kwargs: dict[str, Any] | None, seed: int, training: bool = True,
                  newest_frame_only: bool = False):
         import torch
@@ -121,7 +110,7 @@ class RolloutWorker:
         self.seed = worker_seed(seed, worker_index)
         seed_everything(self.seed)
         self.env = make_vector_env(env_cfg, num_envs, self.seed, training=training)
-        self.policy = load_class(policy)(
+        self.policy = policy(
             self.env.single_observation_space, self.env.single_action_space,
             worker_index=worker_index, num_workers=num_workers, seed=self.seed, **(policy_kwargs or {}),
         )
@@ -158,7 +147,7 @@ class RolloutWorker:
         extras: dict[str, np.ndarray] = {}
         has_value = hasattr(self.policy, "value")
         boot = np.zeros((T, E), dtype=np.float32) if has_value else None
-        final_obs, final_index, game_returns, game_lengths = [], [], [], []
+        game_returns, game_lengths = [], []
         for t in range(T):
             out = self.policy.act(self.obs, **act_kwargs)
             actions[t] = out["action"]
@@ -173,10 +162,6 @@ class RolloutWorker:
                     extras[k][t] = v
             nxt, r, term, trunc, info = self.env.recv()
             rewards[t], terminated[t], truncated[t] = r, term, trunc
-            ended = np.flatnonzero(term | trunc)
-            for e in ended:
-                final_obs.append(info["final_obs"][e])
-                final_index.append((t, e))
             if has_value and trunc.any():
                 idx = np.flatnonzero(trunc)
                 boot[t, idx] = self.policy.value(info["final_obs"][idx])
@@ -188,9 +173,7 @@ class RolloutWorker:
         batch: dict[str, Any] = {
             ("frames" if self.frames_only else "obs"): obs_buf, "first": first, "actions": actions, "rewards": rewards,
             "terminated": terminated, "truncated": truncated,
-            "final_obs": np.asarray(final_obs, dtype=self.obs.dtype).reshape(len(final_obs), *self.obs.shape[1:]),
-            "final_index": np.asarray(final_index, dtype=np.int64).reshape(-1, 2),
-            "last_obs": self.obs.copy(), "last_first": self.first.copy(),
+            "last_obs": self.obs.copy(),
             "game_returns": game_returns, "game_lengths": game_lengths,
             "worker_index": self.worker_index, "version": self.version, "env_steps": T * E,
             "seconds": time.perf_counter() - t0,
@@ -226,7 +209,7 @@ class RolloutGroup:
     worker; ``group.ready()`` returns the finished ones (dead workers' requests are dropped).
     """
 
-    def __init__(self, env_cfg: EnvConfig, cfg: RolloutConfig, policy: str | type,
+    def __init__(self, env_cfg: EnvConfig, cfg: RolloutConfig, policy: type,
                  policy_kwargs: dict[str, Any] | None = None, seed: int = 0, training: bool = True,
                  newest_frame_only: bool = False):
         from cluster.runtime import Resources, make_actor

@@ -16,7 +16,7 @@ from rl.actor_critic import ACConfig, build_actor_critic, make_optimizer, update
 
 CARTPOLE_OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 ATARI_OBS = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-SHARED_KEYS = {"env_steps", "updates", "learning_rate", "episode_return_mean", "episode_length_mean",
+SHARED_KEYS = {"env_steps", "updates", "games", "learning_rate", "episode_return", "episode_length",
                "explained_variance", "env_steps_per_s", "iteration_s", "policy_loss", "value_loss", "entropy",
                "approx_kl"}
 
@@ -55,7 +55,7 @@ def _fake_segment(T=16, E=4, seed=0):
 @pytest.mark.parametrize("algo", ["ppo", "a2c"])
 def test_update_raises_probability_of_positive_advantage_actions(algo):
     torch.manual_seed(0)
-    cfg = ACConfig(algo=algo, learning_rate=3e-3, epochs=4, num_minibatches=2, normalize_advantages=False)
+    cfg = ACConfig(algo=algo, learning_rate=3e-3, update_epochs=4, num_minibatches=2, normalize_advantages=False)
     model = build_actor_critic(CARTPOLE_OBS, gym.spaces.Discrete(2), cfg)
     seg = _fake_segment()
     with torch.no_grad():
@@ -80,7 +80,7 @@ def test_update_raises_probability_of_positive_advantage_actions(algo):
 
 def test_target_kl_stops_epochs_early():
     torch.manual_seed(0)
-    cfg = ACConfig(learning_rate=0.05, epochs=10, num_minibatches=2, target_kl=1e-4)
+    cfg = ACConfig(learning_rate=0.05, update_epochs=10, num_minibatches=2, target_kl=1e-4)
     model = build_actor_critic(CARTPOLE_OBS, gym.spaces.Discrete(2), cfg)
     seg = _fake_segment()
     _, logp, v = model.act(seg["obs"].reshape(-1, 4))
@@ -119,16 +119,16 @@ def test_ppo_solves_cartpole_with_two_rollout_actors_and_evals_from_cli(cli, tmp
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "policy_loss" in r]
     assert SHARED_KEYS | {"clip_fraction", "epochs_run"} <= set(train_rows[-1])
-    assert train_rows[-1]["env_steps"] >= 50_000 and train_rows[-1]["workers_failed"] == 0
-    assert train_rows[-1]["episode_return_mean"] > 5 * train_rows[0]["episode_return_mean"]
-    final_eval = [r for r in rows if "eval_mean_return" in r][-1]
-    assert final_eval["eval_mean_return"] >= 475, final_eval
+    assert train_rows[-1]["env_steps"] >= 50_000 and train_rows[-1]["worker_failures"] == 0
+    assert train_rows[-1]["episode_return"] > 5 * train_rows[0]["episode_return"]
+    final_eval = [r for r in rows if "eval_return" in r][-1]
+    assert final_eval["eval_return"] >= 475 and final_eval["eval_episodes"] == 10, final_eval
     assert {p.name for p in (run / "plots").glob("*.png")} >= {"episode_return.png", "losses.png",
                                                                "ppo_trust_region.png"}
     res = cli("rl", "eval", "--checkpoint", str(run), "--episodes", "5")
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads((run / "eval.json").read_text())
-    assert out["mean_return"] >= 475 and len(out["returns"]) == 5
+    assert out["eval_return"] >= 475 and len(out["returns"]) == 5
 
 
 @pytest.mark.slow
@@ -170,17 +170,18 @@ def test_a2c_learns_cartpole_resumes_and_survives_a_killed_actor(ray_session, tm
     assert steps == sorted(steps) and steps[0] < steps_after_first < steps[-1]
     assert r2["updates"] > r1["updates"] and r2["env_steps"] >= 30000
     last_train = [r for r in rows if "policy_loss" in r][-1]
-    assert killed and last_train["workers_failed"] >= 1  # detected, skipped, restarted (a cumulative count)
-    assert r2["eval_mean_return"] >= 100, r2  # random play scores about 22
+    assert killed and last_train["worker_failures"] >= 1  # detected, skipped, restarted (a cumulative count)
+    assert r2["eval_return"] >= 100, r2  # random play scores about 22
 
 
 @pytest.mark.slow
 def test_rllib_backend_runs_and_writes_the_same_metrics(ray_session, tmp_path):
     from pipelines.registry import execute, resolve
+    from rl.rllib_backend import build_config, make_rllib_env
 
     run = tmp_path / "rllib"
     resolved = resolve(preset="ppo-cartpole", overrides=[
-        "rl.backend=rllib", "rl.total_steps=1500", "rl.rollout_length=64", "rl.epochs=2", "rollout.num_workers=1",
+        "rl.backend=rllib", "rl.total_steps=1500", "rl.rollout_length=64", "rl.update_epochs=2", "rollout.num_workers=1",
         "rollout.cpus_per_worker=1",
     ], extra={"run": {"run_dir": str(run)}})
     _, result = execute(resolved)
@@ -188,11 +189,25 @@ def test_rllib_backend_runs_and_writes_the_same_metrics(ray_session, tmp_path):
     rows = [r for r in rows if "policy_loss" in r]  # training rows (the last one is the final eval)
     assert len(rows) >= 2 and rows[-1]["env_steps"] >= 1500
     assert SHARED_KEYS <= set(rows[-1])
-    assert np.isfinite(rows[-1]["policy_loss"]) and rows[-1]["episode_return_mean"] > 0
+    assert np.isfinite(rows[-1]["policy_loss"]) and rows[-1]["episode_return"] > 0
     assert (run / "plots" / "episode_return.png").is_file()
     assert result["env_steps_per_s"] > 0
-    # its checkpoint is the RLModule's weights as safetensors (no RLlib pickles); eval rebuilds it
-    assert np.isfinite(result["eval_mean_return"]) and result["eval_mean_return"] >= 8
+    # its checkpoint is the RLModule's weights as safetensors (no RLlib pickles); eval rebuilds the
+    # module and loads them: the loaded policy differs from a freshly initialised one, and the
+    # reported evaluation is the mean of the games it played
+    from pipelines.rl_ac import load_policy
+
+    exp = resolved.experiment
+    logits, _ = load_policy(str(run), exp)
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    fresh = build_config(exp.env, exp.rollout, exp.rl, seed=exp.run.seed + 1, device="cpu")
+    fresh_module = fresh.get_rl_module_spec(env=make_rllib_env(exp.env), inference_only=True).build()
+    with torch.no_grad():
+        fresh_logits = fresh_module.forward_inference({"obs": torch.as_tensor(obs)})["action_dist_inputs"].numpy()
+    assert not np.allclose(logits(obs), fresh_logits, atol=1e-4)
+    ev = [r for r in (json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()) if "eval_return" in r]
+    assert ev and ev[-1]["eval_episodes"] == exp.rl.eval_episodes == result["eval_episodes"]
+    assert result["eval_return"] == ev[-1]["eval_return"] >= 8  # CartPole's shortest game is 8 steps
     assert not (run / "rllib").exists()
 
 

@@ -1,4 +1,5 @@
-"""The actor-critic equations against hand-computed values (rl/policy_gradient.py)."""
+"""The actor-critic equations against hand-computed values (rl/policy_gradient.py), and the
+learner thread-count helper (rl/threads.py)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_truncation_flag_on_terminated_step_is_treated_as_termination():
 def test_clipped_surrogate_inside_and_outside_the_clip_range():
     ratio = torch.tensor([1.1, 1.5, 0.5, 0.5, 1.5], requires_grad=True)
     adv = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0])
-    loss = pg.clipped_surrogate(ratio, adv, clip_eps=0.2)
+    loss = pg.clipped_surrogate(ratio, adv, clip_range=0.2)
     # per sample min(r A, clip(r) A): 1.1 (inside), 1.2 (clipped), 0.5 (pessimistic unclipped),
     # -0.8 (clipped), -1.5 (pessimistic unclipped)
     expected = -(1.1 + 1.2 + 0.5 - 0.8 - 1.5) / 5
@@ -82,9 +83,27 @@ def test_policy_gradient_loss_kl_and_clip_fraction():
     logp = torch.log(torch.tensor([0.5, 0.25]))
     adv = torch.tensor([1.0, -2.0])
     assert float(pg.policy_gradient_loss(logp, adv)) == pytest.approx(-(np.log(0.5) - 2 * np.log(0.25)) / 2)
-    assert float(pg.approx_kl(logp, logp)) == pytest.approx(0.0)
+    assert float(pg.k3_kl(logp, logp)) == pytest.approx(0.0)
     ratio = torch.tensor([2.0])
-    assert float(pg.approx_kl(torch.log(ratio), torch.zeros(1))) == pytest.approx(1.0 - np.log(2.0))
+    assert float(pg.k3_kl(torch.log(ratio), torch.zeros(1))) == pytest.approx(1.0 - np.log(2.0))
     assert float(pg.clip_fraction(torch.tensor([1.0, 1.05, 1.3, 0.7]), 0.2)) == pytest.approx(0.5)
     norm = pg.normalize_advantages(torch.tensor([1.0, 2.0, 3.0]))
     assert float(norm.mean()) == pytest.approx(0.0, abs=1e-6) and float(norm.std()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_learner_threads_sets_the_count_for_the_block_and_restores_the_callers():
+    from rl.threads import learner_threads
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with learner_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), learner_threads(1):  # restored on the way out of an error too
+            raise RuntimeError("update failed")
+        assert torch.get_num_threads() == 2
+        with learner_threads(None):  # a GPU learner: the count is left alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)

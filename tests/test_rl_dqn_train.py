@@ -33,7 +33,7 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
 def test_ddqn_solves_cartpole_with_two_actors_and_survives_a_killed_actor(ray_session, tmp_path):
     from cluster.rundir import RunDir
     from pipelines.registry import resolve
-    from rl.dqn_learner import train
+    from pipelines.rl_dqn import run
 
     exp = resolve(preset="ddqn-cartpole").experiment
     assert exp.rollout.num_workers == 2 and exp.rl.algo == "ddqn"
@@ -46,10 +46,10 @@ def test_ddqn_solves_cartpole_with_two_actors_and_survives_a_killed_actor(ray_se
             killed.append(pid)
 
     with RunDir(tmp_path / "run", tensorboard=False) as rd:
-        result = train(exp.env, exp.rollout, exp.rl, rd, seed=exp.run.seed, on_log=kill_one)
+        result = run(exp, rd, on_log=kill_one)  # train (rl.dqn_learner), then the pipeline's eval and plots
     assert killed and result["worker_failures"] >= 1
     assert result["env_steps"] >= exp.rl.total_steps
-    assert result["eval_return"] >= 475, result  # greedy, 20 episodes
+    assert result["eval_return"] >= 475 and result["eval_episodes"] == 20, result  # greedy
     assert (tmp_path / "run" / "plots" / "training.png").is_file()
 
 
@@ -71,7 +71,7 @@ def test_resume_continues_the_step_count_and_eval_reads_the_run(ray_session, cli
     assert resumed[0]["epsilon"] <= first[-1]["epsilon"]  # the schedule continued, not restarted
     code, out, err = _main(capsys, "rl", "eval", "--checkpoint", str(run), "--episodes", "2", "--epsilon", "0")
     assert code == 0, err[-2000:]
-    assert "mean_return" in out and (run / "eval.json").is_file()
+    assert "eval_return" in out and "returns:" in out and (run / "eval.json").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
