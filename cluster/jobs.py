@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlparse
 
-from cluster.errors import ConnectError, ReinforgeError
+from cluster.errors import ConfigError, ConnectError, ReinforgeError
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # Never uploaded: run outputs, environments, caches (the .gitignore is honoured as well).
@@ -43,21 +44,70 @@ def dashboard_address(address: str | None = None) -> str:
     return address.rstrip("/")
 
 
-def find_token(token_file: str | None = None) -> str | None:
+def find_token(token_file: str | None = None, token: str | None = None) -> str | None:
     """The cluster's auth token, or None when none is configured (see the module docstring)."""
+    return find_token_source(token_file, token)[0]
+
+
+def find_token_source(token_file: str | None = None, token: str | None = None) -> tuple[str | None, str, bool]:
+    """(token, where it came from, explicit): ``explicit`` is False only for the local
+    ``~/.ray/auth_token``, which was issued for this machine's own cluster."""
+    if token:
+        return token.strip(), "--token", True
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        return None
+        return None, "RAY_AUTH_MODE=disabled", True
     if token_file:
         path = Path(token_file).expanduser()
         if not path.is_file():
-            raise ReinforgeError(f"token file {token_file} not found; copy the cluster's ~/.ray/auth_token there")
-        return path.read_text().strip() or None
+            raise ConfigError(f"--token-file {token_file} not found; copy the cluster's ~/.ray/auth_token there")
+        return path.read_text().strip() or None, f"--token-file {token_file}", True
     if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    for candidate in (os.environ.get("RAY_AUTH_TOKEN_PATH"), str(Path.home() / ".ray" / "auth_token")):
-        if candidate and Path(candidate).expanduser().is_file():
-            return Path(candidate).expanduser().read_text().strip() or None
-    return None
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN", True
+    path_env = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path_env and Path(path_env).expanduser().is_file():
+        return Path(path_env).expanduser().read_text().strip() or None, f"RAY_AUTH_TOKEN_PATH={path_env}", True
+    local = Path.home() / ".ray" / "auth_token"
+    if local.is_file():
+        return local.read_text().strip() or None, str(local), False
+    return None, "none", True
+
+
+def is_loopback(url: str) -> bool:
+    import ipaddress
+
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_local_dashboard(url: str) -> bool:
+    """The address ``~/.ray/auth_token`` was issued for: this machine's dashboard (loopback, at
+    the port of DEFAULT_DASHBOARD or RAY_DASHBOARD_PORT)."""
+    port = int(os.environ.get("RAY_DASHBOARD_PORT") or urlparse(DEFAULT_DASHBOARD).port or 8265)
+    return is_loopback(url) and urlparse(url).port == port
+
+
+def token_for(url: str, token_file: str | None = None, token: str | None = None,
+              allow_insecure_token: bool = False) -> tuple[str | None, str | None]:
+    """The token to send to ``url``, by these rules: the local ``~/.ray/auth_token`` goes only to
+    this machine's dashboard (the cluster it was issued for); any token goes over plain
+    http only to a loopback address unless ``allow_insecure_token``. Returns (token, a line
+    saying which source was used or skipped, for the caller to print once connected)."""
+    value, source, explicit = find_token_source(token_file, token)
+    if value is None:
+        return None, None
+    if not explicit and not _is_local_dashboard(url):
+        return None, (f"reinforge: not sending the local token ({source}) to {url}, which is not this machine's "
+                      "Ray dashboard; pass --token-file or --token for that cluster")
+    if urlparse(url).scheme == "http" and not is_loopback(url) and not allow_insecure_token:
+        raise ConfigError(f"refusing to send the auth token from {source} to {url} over plain http (anyone on the "
+                          "path can read it); use an https:// address, an SSH tunnel to 127.0.0.1, or "
+                          "--allow-insecure-token")
+    return value, f"reinforge: using the auth token from {source}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -73,14 +123,17 @@ class Jobs:
     address: str
 
     @classmethod
-    def connect(cls, address: str | None = None, token_file: str | None = None, timeout_s: float = 10.0) -> Jobs:
+    def connect(cls, address: str | None = None, token_file: str | None = None, timeout_s: float = 10.0,
+                token: str | None = None, allow_insecure_token: bool = False) -> Jobs:
         from cluster.runtime import _probe
 
         url = dashboard_address(address)
+        token, note = token_for(url, token_file, token, allow_insecure_token)  # bad token input: refused first
         _probe(url, timeout_s)  # a dead address fails in seconds, not after minutes of retries
+        if note:
+            print(note, file=sys.stderr, flush=True)
         from ray.job_submission import JobSubmissionClient
 
-        token = find_token(token_file)
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             client = JobSubmissionClient(url, headers=headers)

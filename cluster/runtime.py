@@ -70,7 +70,19 @@ def connect(
         # address="local": always start our own instance. Without it Ray 2.60 joins whatever
         # cluster /tmp/ray/ray_current_cluster names (e.g. someone's `ray start` head).
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+    _private_token_file()
     return dict(ray.cluster_resources())
+
+
+def _private_token_file() -> None:
+    """Ray writes the generated ``~/.ray/auth_token`` with the default umask (often 0644):
+    readable by every user of the machine. Make it owner-only."""
+    path = os.path.expanduser("~/.ray/auth_token")
+    try:
+        if os.path.isfile(path) and os.stat(path).st_uid == os.getuid() and os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:
+        pass
 
 
 def shutdown() -> None:

@@ -191,3 +191,70 @@ def test_wrong_token_is_refused_in_one_line(ray_head):
     res = _cli("jobs", "list", "--address", url, token="not-the-token")
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0 and "token auth" in res.stderr
+
+
+class _Recorder:
+    """A fake dashboard on 127.0.0.1 that records the Authorization header of every request."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                seen.append(self.headers.get("Authorization"))
+                self.send_response(404)
+                self.end_headers()
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_local_token_goes_only_to_the_local_dashboard(tmp_path):
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("local-secret\n")
+    env = {"HOME": str(home), "RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": ""}
+    rec = _Recorder()
+    try:
+        res = run_cli("jobs", "list", "--address", f"http://127.0.0.1:{rec.port}", env=env, timeout=60)
+    finally:
+        rec.close()
+    assert res.returncode == 1  # the fake answers 404: not a Jobs API
+    assert rec.seen and all(h is None for h in rec.seen), rec.seen
+    assert "not sending the local token" in res.stderr
+
+
+def test_token_never_goes_over_plain_http_to_another_host(tmp_path):
+    (tmp_path / "tok").write_text("s3cret\n")
+    res = run_cli("submit", "--address", "http://192.0.2.10:8265", "--token-file", str(tmp_path / "tok"),
+                  "--", "reinforge", "run", "toy", timeout=60)
+    assert res.returncode == 2 and "over plain http" in res.stderr and "--allow-insecure-token" in res.stderr
+    assert res.stderr.strip().count("\n") == 0
+    res = run_cli("jobs", "list", "--token-file", str(tmp_path / "missing"), timeout=60)
+    assert res.returncode == 2 and "--token-file" in res.stderr and "not found" in res.stderr
+
+
+def test_explicit_token_is_sent_and_its_source_named(tmp_path):
+    (tmp_path / "tok").write_text("s3cret\n")
+    rec = _Recorder()
+    try:
+        res = run_cli("jobs", "list", "--address", f"http://127.0.0.1:{rec.port}", "--token-file",
+                      str(tmp_path / "tok"), timeout=60)
+    finally:
+        rec.close()
+    assert "Bearer s3cret" in rec.seen
+    assert f"using the auth token from --token-file {tmp_path / 'tok'}" in res.stderr

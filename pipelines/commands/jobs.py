@@ -16,7 +16,10 @@ def _add_conn(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray dashboard address, e.g. http://HOST:8265 "
                                      "(default RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, else http://127.0.0.1:8265)")
     p.add_argument("--token-file", help="the cluster's auth token (default RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
-                                        "~/.ray/auth_token)")
+                                        "and ~/.ray/auth_token for a loopback address only)")
+    p.add_argument("--token", help="the cluster's auth token itself (prefer --token-file: argv is visible to others)")
+    p.add_argument("--allow-insecure-token", action="store_true",
+                   help="send the token over plain http to a non-loopback address (readable on the network path)")
 
 
 def register(sub) -> None:
@@ -61,7 +64,8 @@ def handle_submit(args: argparse.Namespace) -> int:
             raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
         env[k] = v
-    jobs = Jobs.connect(args.address, token_file=args.token_file)
+    jobs = Jobs.connect(args.address, token_file=args.token_file, token=args.token,
+                        allow_insecure_token=args.allow_insecure_token)
     job_id = jobs.submit(entrypoint, working_dir=args.working_dir, env_vars=env, submission_id=args.submission_id,
                          num_cpus=args.num_cpus, num_gpus=args.num_gpus, excludes=args.exclude)
     print(f"submitted job {job_id} to {jobs.address}: {entrypoint}", flush=True)
@@ -84,7 +88,8 @@ def handle_jobs(args: argparse.Namespace) -> int:
     action = getattr(args, "jobs_command", None)
     if not action:
         raise ConfigError("say what to do: reinforge jobs list|status ID|logs ID|stop ID")
-    jobs = Jobs.connect(args.address, token_file=args.token_file)
+    jobs = Jobs.connect(args.address, token_file=args.token_file, token=args.token,
+                        allow_insecure_token=args.allow_insecure_token)
     if action == "list":
         rows = jobs.list()
         if not rows:
