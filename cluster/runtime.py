@@ -69,9 +69,71 @@ def connect(
     else:
         # address="local": always start our own instance. Without it Ray 2.60 joins whatever
         # cluster /tmp/ray/ray_current_cluster names (e.g. someone's `ray start` head).
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **kwargs)
+        # Its session files go to a private temp dir, removed when this process exits.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _temp_dir=_private_temp_dir(), **kwargs)
     _private_token_file()
     return dict(ray.cluster_resources())
+
+
+TEMP_PREFIX = "reinforge-ray-"
+
+
+def _private_temp_dir() -> str:
+    """A fresh ``/tmp/reinforge-ray-<pid>-XXXX`` for the embedded instance's session files
+    (sockets, logs), removed at exit; dirs left by killed processes are swept first.
+    A short path: Ray's unix socket paths inside it must stay under 107 bytes."""
+    import atexit
+    import shutil
+    import tempfile
+
+    root = tempfile.gettempdir()
+    sweep_stale_temp_dirs(root)
+    path = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=root)
+
+    def _remove() -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(_remove)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temp_dirs(root: str) -> list[str]:
+    """Remove the ``reinforge-ray-<pid>-*`` dirs whose process is gone (killed before its exit
+    handler ran). Returns the removed paths."""
+    import shutil
+
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(TEMP_PREFIX):
+            continue
+        try:
+            pid = int(name[len(TEMP_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        path = os.path.join(root, name)
+        if not _pid_alive(pid) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _private_token_file() -> None:

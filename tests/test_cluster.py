@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -14,6 +15,7 @@ from cluster import runtime
 from cluster.errors import ConnectError, ReinforgeError
 from cluster.rundir import RunDir, read_metrics
 from cluster.seeding import derive_seed, seed_everything, worker_seed
+from conftest import ROOT
 
 
 def _free_port() -> int:
@@ -129,3 +131,24 @@ def test_run_dir_contents(tmp_path):
     assert any((root / "tb").iterdir())
     assert png is not None and png.stat().st_size > 1000
     assert rd.latest_checkpoint().name == "step_000000003"
+
+
+def test_embedded_instance_removes_its_session_dir_and_sweeps_stale_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from cluster.runtime import TEMP_PREFIX, sweep_stale_temp_dirs
+
+    stale = tmp_path / f"{TEMP_PREFIX}999999999-abc"  # no such pid
+    (stale / "session_x").mkdir(parents=True)
+    live = tmp_path / f"{TEMP_PREFIX}{os.getpid()}-abc"
+    live.mkdir()
+    assert sweep_stale_temp_dirs(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.is_dir()
+    code = ("import os, glob, tempfile; from cluster.runtime import connect; connect(num_cpus=1); "
+            "print(glob.glob(os.path.join(tempfile.gettempdir(), f'reinforge-ray-{os.getpid()}-*'))[0])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT,
+                         env={**os.environ, "RAY_ADDRESS": ""})
+    assert res.returncode == 0, res.stderr[-2000:]
+    session = res.stdout.strip().splitlines()[-1]
+    assert "reinforge-ray-" in session and not os.path.exists(session)
