@@ -28,3 +28,11 @@ class RunConfig:
     def validate(self) -> None:
         if self.keep_checkpoints < 1:
             raise ConfigError("run.keep_checkpoints must be >= 1")
+        for key in ("num_cpus", "num_gpus"):
+            value = getattr(self, key)
+            if value is not None and value < (1 if key == "num_cpus" else 0):
+                raise ConfigError(f"run.{key}={value} must be {'>= 1' if key == 'num_cpus' else '>= 0'} "
+                                  "(or null for everything the machine has)")
+        dev = (self.device or "").lower()
+        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"run.device={self.device!r}: use auto, cpu, cuda, cuda:N or mps")

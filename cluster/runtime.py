@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster.errors import ConnectError, ReinforgeError
+from cluster.errors import ConfigError, ConnectError, ReinforgeError
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
@@ -23,10 +23,13 @@ def _probe(address: str, timeout_s: float) -> None:
 
     ``ray.init`` on a dead address retries for a long time; a TCP probe answers in seconds.
     """
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = parsed.hostname, parsed.port
+    try:
+        parsed = urlparse(address if "://" in address else f"tcp://{address}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError:  # e.g. 'http://[::1' or a port out of range
+        host = port = None
     if not host or not port:
-        raise ConnectError(
+        raise ConfigError(
             f"cannot parse Ray address {address!r}; expected HOST:PORT (e.g. 127.0.0.1:6379) or ray://HOST:10001"
         )
     try:
@@ -219,7 +222,7 @@ def select_device(preference: str = "auto"):
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ReinforgeError(f"device {preference!r} requested but no CUDA GPU is visible; use device=auto or cpu")
+        raise ConfigError(f"device {preference!r} requested but no CUDA GPU is visible; use --device auto or cpu")
     try:
         return torch.device(pref)
     except RuntimeError:

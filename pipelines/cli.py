@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from cluster.errors import ReinforgeError
@@ -41,6 +42,16 @@ def _version() -> str:
         return "dev"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def one_line(text: str) -> str:
+    """An error for the terminal: colour codes (Ray's actor errors carry them) removed, the
+    first non-empty line only."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ReinforgeError as exc:
-        sys.stderr.write(f"reinforge: error: {exc}\n")
+        sys.stderr.write(f"reinforge: error: {one_line(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("reinforge: interrupted\n")
@@ -58,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: one line, full traceback only on request
         if os.environ.get("REINFORGE_DEBUG"):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = one_line(str(exc))
         sys.stderr.write(
             f"reinforge: error: unexpected {type(exc).__name__}: {first} (set REINFORGE_DEBUG=1 for the traceback)\n"
         )

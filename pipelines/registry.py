@@ -143,6 +143,10 @@ def execute(resolved: Resolved, resume: str | None = None, listeners: list[Calla
 
     run: RunConfig = resolved.experiment.run
     seed_everything(run.seed)
+    if run.device != "auto":
+        from cluster.runtime import select_device
+
+        select_device(run.device)  # e.g. cuda on a machine without one: refused before Ray starts
     if run_dir is None:
         check_run_dir(resolved, resume)  # refused before Ray starts
     if resolved.pipeline.uses_ray:

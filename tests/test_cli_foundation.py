@@ -81,3 +81,23 @@ def test_unreachable_address_is_one_line():
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot reach Ray cluster at 127.0.0.1:{port}" in lines[0], res.stderr
+
+
+def test_refusals_before_ray_starts_are_one_line_exit_2():
+    for args, message in [
+        (("run", "ppo-cartpole", "--device", "cuda"), "no CUDA GPU is visible"),
+        (("run", "ppo-cartpole", "--address", "http://[::1"), "cannot parse Ray address"),
+        (("run", "toy", "--set", "run.num_cpus=-2"), "run.num_cpus=-2 must be >= 1"),
+        (("run", "toy", "--set", "toy.learning_rate=nan"), "must be a finite number"),
+    ]:
+        t0 = time.time()
+        res = run_cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr.strip().count("\n") == 0 and message in res.stderr, (args, res.stderr)
+        assert time.time() - t0 < 30  # no Ray instance was started to find this out
+
+
+def test_one_line_strips_colour_codes():
+    from pipelines.cli import one_line
+
+    assert one_line("\x1b[36mray::Worker\x1b[39m failed\n  more") == "ray::Worker failed"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cluster import runtime
-from cluster.errors import ConnectError, ReinforgeError
+from cluster.errors import ConfigError, ConnectError, ReinforgeError
 from cluster.rundir import RunDir, read_metrics
 from cluster.seeding import derive_seed, seed_everything, worker_seed
 from conftest import ROOT
@@ -39,8 +39,9 @@ def test_unreachable_address_fails_fast_with_one_line():
         runtime._probe(addr, timeout_s=5)
     assert time.time() - t0 < 30
     assert addr in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ConnectError, match="cannot parse Ray address"):
-        runtime._probe("no-port-here", timeout_s=1)
+    for bad in ("no-port-here", "http://[::1", "127.0.0.1:99999"):  # bad input (exit 2), not "cannot reach"
+        with pytest.raises(ConfigError, match="cannot parse Ray address"):
+            runtime._probe(bad, timeout_s=1)
 
 
 class Counter:
