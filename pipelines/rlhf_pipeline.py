@@ -209,9 +209,12 @@ def run_ppo(exp: RLHFPPOExperiment, run_dir) -> dict[str, Any]:
         return done  # finished; a --resume with more ppo.iterations continues from the last checkpoint
     data = _load_data(exp.data)
     bars = exp.data.prompt_bars
-    metrics = train_ppo(exp.ppo, sft_dir, reward_dir, prompts(data["train"], bars),
-                        prompts(data["validation"], bars, exp.ppo.eval_prompts), run_dir.path / "model", run_dir,
-                        exp.run.seed, exp.run.device, log=print)
+    held = prompts(data["validation"], bars)
+    # a small validation split is sampled several times per evaluation, so each gold/KL point
+    # averages ppo.eval_prompts completions rather than a handful
+    held = [held[i % len(held)] for i in range(exp.ppo.eval_prompts)]
+    metrics = train_ppo(exp.ppo, sft_dir, reward_dir, prompts(data["train"], bars), held, run_dir.path / "model",
+                        run_dir, exp.run.seed, exp.run.device, log=print)
     from rlhf.evaluate import plot_gold_vs_kl
 
     plot_gold_vs_kl(run_dir.read_metrics(), run_dir.plots / "gold_vs_kl.png")
@@ -390,7 +393,10 @@ PIPELINES = (
                              keep=("sft/eval_loss", "reward/heldout_accuracy", "reward/bayes_optimal_accuracy",
                                    "ppo/sft_gold_reward", "ppo/ppo_gold_reward", "ppo/gold_gain", "ppo/ppo_kl",
                                    "ppo/iteration_s"),
-                             bars=(Bar("reward/heldout_accuracy", ">=", 0.55),)),)),
+                             # measured on rlhf-demo, run.seed 0 and 1: held-out accuracy 0.62 and 0.65
+                             # (150 pairs, chance 0.5); PPO's held-out gold 0.20 and 0.71 above the SFT
+                             # model's (48 completions each, gold SE about 0.2)
+                             bars=(Bar("reward/heldout_accuracy", ">=", 0.55), Bar("ppo/gold_gain", ">=", 0.0))),)),
     Pipeline("rlhf-eval", RLHFEvalExperiment, run_eval,
              "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts", uses_ray=False,
              metrics=EVAL_METRICS, tune_metric=("gold_reward", "max")),

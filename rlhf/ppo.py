@@ -144,7 +144,7 @@ class PPOStageConfig:
     num_rollout_workers: int = 1
     actor_cpus: float = 0.5
     eval_every: int = 5
-    eval_prompts: int = 64
+    eval_prompts: int = 64  # held-out completions per evaluation (the held-out prompts, repeated as needed)
     checkpoint_every: int = 10
     toy_reward_token: str | None = None  # e.g. "p60": reward = count of that token (tests; no reward model)
 
