@@ -18,11 +18,8 @@ from cluster.errors import ConfigError, ConnectError, ReinforgeError
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
-def _probe(address: str, timeout_s: float) -> None:
-    """Fail fast with one line if nothing listens at ``address`` (host:port or URL).
-
-    ``ray.init`` on a dead address retries for a long time; a TCP probe answers in seconds.
-    """
+def parse_address(address: str) -> tuple[str, int]:
+    """(host, port) of a Ray address (HOST:PORT or a URL); bad input is a ConfigError."""
     try:
         parsed = urlparse(address if "://" in address else f"tcp://{address}")
         host, port = parsed.hostname, parsed.port
@@ -32,6 +29,15 @@ def _probe(address: str, timeout_s: float) -> None:
         raise ConfigError(
             f"cannot parse Ray address {address!r}; expected HOST:PORT (e.g. 127.0.0.1:6379) or ray://HOST:10001"
         )
+    return host, port
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """Fail fast with one line if nothing listens at ``address`` (host:port or URL).
+
+    ``ray.init`` on a dead address retries for a long time; a TCP probe answers in seconds.
+    """
+    host, port = parse_address(address)
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import ReinforgeError
+from cluster.errors import ConfigError
 from pipelines.pipeline import DemoStep
 
 
@@ -53,7 +53,7 @@ def run_demo(out: str | None = None, only: list[str] | None = None, address: str
     names = [s.name for s in steps]
     for n in only or []:
         if n not in names:
-            raise ReinforgeError(f"unknown demo step {n!r}; steps: {', '.join(names)}")
+            raise ConfigError(f"unknown demo step {n!r}; steps: {', '.join(names)}")
     root = Path(out) if out else Path("runs") / f"demo-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}

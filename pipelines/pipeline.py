@@ -79,6 +79,9 @@ class Pipeline:
     # (run_path, experiment, episodes, epsilon=None, video=False, seed=0) -> evaluation dict
     evaluate: Callable[..., dict[str, Any]] | None = None
     demos: tuple[DemoStep, ...] = ()
+    # (experiment) -> None, raising ConfigError: checks that need more than the config alone
+    # (inputs that must exist, an env's action space), run before Ray starts
+    preflight: Callable[[Any], None] | None = None
 
     def bundles(self, experiment: Any, cluster: dict[str, float] | None = None) -> list[Bundle]:
         if self.actor_bundles is None:

@@ -8,6 +8,7 @@ the demo, Tune trials and jobs on a cluster.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,24 @@ def open_run_dir(resolved: Resolved, resume: str | None = None):
                   tensorboard=run.tensorboard, resume=bool(resume))
 
 
+def preflight(resolved: Resolved, resume: str | None = None, check_dir: bool = True) -> None:
+    """Everything that can be refused before Ray starts: the device, the Ray address's form, the
+    run dir (and a resume's checkpoint), and the pipeline's own ``preflight`` (e.g. inputs)."""
+    from cluster.runtime import parse_address, select_device
+
+    run: RunConfig = resolved.experiment.run
+    if run.device != "auto":
+        select_device(run.device)  # e.g. cuda on a machine without one
+    if resolved.pipeline.uses_ray and (run.address or os.environ.get("RAY_ADDRESS")):
+        address = run.address or os.environ["RAY_ADDRESS"]
+        if address not in ("auto", "local"):
+            parse_address(address)
+    if check_dir:
+        check_run_dir(resolved, resume)
+    if resolved.pipeline.preflight is not None:
+        resolved.pipeline.preflight(resolved.experiment)
+
+
 def execute(resolved: Resolved, resume: str | None = None, listeners: list[Callable] | None = None,
             run_dir=None) -> tuple[Any, dict[str, Any]]:
     """Seed, connect to Ray, run the pipeline, close the run dir. Returns (RunDir, final metrics)."""
@@ -143,12 +162,7 @@ def execute(resolved: Resolved, resume: str | None = None, listeners: list[Calla
 
     run: RunConfig = resolved.experiment.run
     seed_everything(run.seed)
-    if run.device != "auto":
-        from cluster.runtime import select_device
-
-        select_device(run.device)  # e.g. cuda on a machine without one: refused before Ray starts
-    if run_dir is None:
-        check_run_dir(resolved, resume)  # refused before Ray starts
+    preflight(resolved, resume, check_dir=run_dir is None)
     if resolved.pipeline.uses_ray:
         connect(run.address, num_cpus=run.num_cpus, num_gpus=run.num_gpus)
     rd = run_dir or open_run_dir(resolved, resume=resume)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.errors import ReinforgeError
+from cluster.errors import ConfigError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -31,7 +31,7 @@ def handle(args: argparse.Namespace) -> int:
         print("\n".join(names) if names else "no benchmarks found")
         return 0
     if args.name != "all" and args.name not in names:
-        raise ReinforgeError(f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'}")
+        raise ConfigError(f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'}")
     from cluster.progress import progress
 
     status = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cluster.errors import ReinforgeError
+from cluster.errors import ConfigError
 
 
 def add_run_args(p: argparse.ArgumentParser, resume: bool = True) -> None:
@@ -43,7 +43,7 @@ def resolve_args(pipeline: str | None, args: argparse.Namespace, extra: dict[str
 
         config_file = str(Path(args.resume) / "config.yaml")
         if getattr(args, "config", None):
-            raise ReinforgeError("--resume takes its config from the run directory; drop --config")
+            raise ConfigError("--resume takes its config from the run directory; drop --config")
         layers.setdefault("run", {})["run_dir"] = args.resume
     if config_file and not config_file.endswith((".yaml", ".yml")):
         preset, config_file = config_file, None  # --config NAME means a preset
