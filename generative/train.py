@@ -177,7 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {k: sums[k] / counts[k] for k in sums}
         metrics.update(epoch=epoch + 1, train_step=step, samples_per_s_worker=seen / max(seconds, 1e-9),
-                       samples_per_s=_all_reduce_sum(seen / max(seconds, 1e-9)), epoch_seconds=seconds,
+                       samples_per_s=_all_reduce_sum(seen / max(seconds, 1e-9)), epoch_s=seconds,
                        workers=world)
         if (epoch + 1) % cfg.log_every and epoch + 1 != cfg.epochs:
             continue

@@ -14,18 +14,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.progress import progress
 from cluster.run_config import RunConfig
 from generative.config import GenConfig
 from pipelines.pipeline import Bar, DemoStep, Pipeline
 
-# What the per-epoch rows and the final evaluation row can hold.
-METRICS = (
-    "epoch", "train_step", "samples_per_s", "samples_per_s_worker", "epoch_seconds", "workers",
+# What the per-epoch rows hold (generative.train.train_loop_per_worker and each model's train_step).
+ROW_METRICS = (
+    "epoch", "train_step", "samples_per_s", "samples_per_s_worker", "epoch_s", "workers",
     "loss", "d_loss", "g_loss", "wasserstein_estimate", "gradient_penalty", "d_real", "d_fake",
-    "recon_log_likelihood", "kl", "eval/modes_captured", "eval/high_quality_fraction", "eval/heldout_elbo",
-    "eval/class_coverage", "eval/classifier_frechet_distance", "eval/conditional_accuracy",
-    "eval/linear_probe_accuracy",
+    "recon_log_likelihood", "kl",
 )
+# The final evaluation's numbers (generative.evaluate.evaluate): in the final result as they are,
+# and in the last metrics row with the ``eval/`` prefix.
+EVAL_METRICS = (
+    "modes_captured", "num_modes", "high_quality_fraction", "heldout_elbo", "class_coverage",
+    "classifier_frechet_distance", "conditional_accuracy", "linear_probe_accuracy",
+    "linear_probe_accuracy_untrained",
+)
+# the final result also holds "epochs" and, for Atari encoders, "encoder" (the torso's path)
+METRICS = (*ROW_METRICS, "epochs", "encoder", *EVAL_METRICS, *(f"eval/{k}" for k in EVAL_METRICS))
+HEADLINE_LOSSES = ("loss", "d_loss", "g_loss")  # shown on the progress bar, kept in the final result
 
 
 POLL_SECONDS = 1.0  # how often the driver looks for new per-epoch rows while Ray Train runs
@@ -74,8 +83,11 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
 
         frames_path = str(record_atari_frames(cfg.atari_game, cfg.atari_frames, seed).resolve())
     latest = run_dir.latest_checkpoint()
+    start_epoch = 0
     if latest is not None:  # --resume: the run dir must hold this model
-        check_compatible(load_checkpoint(latest)["state"], cfg, f"run dir {run_dir.path}")
+        state = load_checkpoint(latest)["state"]
+        check_compatible(state, cfg, f"run dir {run_dir.path}")
+        start_epoch = int(state.get("epoch", 0))
     # absolute paths: Ray Train workers run in their own working directory
     metrics_path = (run_dir.path / "train_metrics.jsonl").resolve()
     tail = _MetricsTail(metrics_path)
@@ -96,15 +108,19 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     thread = threading.Thread(target=_fit, name="gen-fit", daemon=True)
     thread.start()
     rows: list[dict[str, Any]] = []
-    while True:
-        thread.join(POLL_SECONDS)
-        finished = not thread.is_alive()
-        for row in tail.read_new():
-            rows.append(dict(row))
-            step = row.pop("step")
-            run_dir.log(row, step=step)
-        if finished:
-            break
+    # one bar over the epochs; rows land every gen.log_every epochs, so it moves to each row's epoch
+    with progress(cfg.epochs, f"{cfg.model} {cfg.data}", unit="epoch", initial=start_epoch) as bar:
+        while True:
+            thread.join(POLL_SECONDS)
+            finished = not thread.is_alive()
+            for row in tail.read_new():
+                rows.append(dict(row))
+                step = row.pop("step")
+                run_dir.log(row, step=step)
+                bar.set(row["epoch"], samples_per_s=row["samples_per_s"],
+                        **{k: row[k] for k in HEADLINE_LOSSES if k in row})
+            if finished:
+                break
     if "error" in outcome:
         raise outcome["error"]
     final_path, last = outcome["result"]
@@ -113,12 +129,12 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     model = build_model(cfg, "cpu")
     restore(model, ckpt, cfg)
     metrics, _ = evaluate(model, cfg, run_dir.path, seed=seed, frames_path=frames_path)
-    loss_keys = [k for k in ("d_loss", "g_loss", "loss") if any(k in r for r in rows)]
+    loss_keys = [k for k in HEADLINE_LOSSES if any(k in r for r in rows)]
     if loss_keys:
         run_dir.plot("losses", loss_keys, title=f"{cfg.model} on {cfg.data}")
     final = {"epochs": ckpt.step, "samples_per_s": float(last.get("samples_per_s", 0.0)),
              "workers": max(cfg.workers, 1)}
-    final.update({k: v for k, v in last.items() if k in ("loss", "d_loss", "g_loss")})
+    final.update({k: v for k, v in last.items() if k in HEADLINE_LOSSES})
     final.update(metrics)
     run_dir.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=ckpt.step)
     (Path(run_dir.path) / "final_metrics.json").write_text(json.dumps(final, indent=2))

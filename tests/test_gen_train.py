@@ -8,6 +8,7 @@ import json
 import pytest
 
 from cluster.errors import CheckpointError, ConfigError
+from pipelines.gen_pipeline import PIPELINE as GEN
 from pipelines.registry import execute, resolve
 
 SMALL = {"dataset_size": 2048, "batch_size": 128, "eval_samples": 500, "hidden": 32}
@@ -35,6 +36,9 @@ def test_two_worker_train_run_checkpoints_and_resumes(ray_session, tmp_path):
     assert [e for e, _ in seen] == [1, 2]
     rows = _rows(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2] and all(r["workers"] == 2 for r in rows)
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    names = {k for r in [*rows, *logged, result] for k in r} - {"step", "time"}
+    assert names <= set(GEN.metrics), names - set(GEN.metrics)  # sweeps check --metric against these
     steps_per_epoch = rows[0]["train_step"]
     assert steps_per_epoch == 2048 // 2 // 128  # each worker trains on its own half of the data
     assert rd.latest_checkpoint().name == "step_000000002"
@@ -79,6 +83,8 @@ def test_cli_train_sample_and_refusals(cli, tmp_path):
               "--set", "gen.eval_samples=200", "--set", "run.tensorboard=false", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "modes_captured" in res.stdout and (run_dir / "checkpoints").is_dir()
+    # stderr is a pipe, not a terminal: the progress bar ends as one plain line
+    assert "ddpm ring8: 1/1 epoch (100%)" in res.stderr and "samples_per_s=" in res.stderr, res.stderr
     res = cli("gen", "sample", "--checkpoint", str(run_dir), "--n", "16", "--out", str(tmp_path / "s.png"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "s.png").stat().st_size > 1000
