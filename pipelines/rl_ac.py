@@ -139,7 +139,7 @@ PIPELINE = Pipeline(
                     "the game), then one greedy evaluation game, capped at 500 agent steps, saved as a GIF",
                     overrides={"rl": {"total_steps": 4096, "checkpoint_every": 0, "eval_episodes": 0,
                                       "eval_max_steps": 500}},
-                    keep=("env_steps", "env_steps_per_s", "episode_return", "eval_return", "eval_length",
+                    keep=("env_steps", "env_steps_per_s", "games", "eval_return", "eval_length",
                           "gif_frames"),
                     bars=(Bar("gif_frames", ">=", 1),), finish=atari_gif)),
 )
