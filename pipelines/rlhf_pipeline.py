@@ -375,18 +375,41 @@ DPO_METRICS = _names(DPO_ROWS, _with_final(*DPO_RESULT))
 ALL_METRICS = (*(f"sft/{k}" for k in SFT_RESULT), *(f"reward/{k}" for k in REWARD_RESULT),
                *(f"ppo/{k}" for k in PPO_RESULT))
 
+def _check_inputs(needs: tuple[tuple[str, str, tuple[str, ...], str], ...]):
+    """A preflight: each (inputs field, flag, accepted stages, what) must be given and be an
+    artifact of one of those stages, checked before Ray starts."""
+
+    def check(exp) -> None:
+        from rlhf.models import POLICY_STAGES, resolve_artifact
+
+        for field_name, flag, stages, what in needs:
+            value = getattr(exp.inputs, field_name)
+            if field_name == "reward" and getattr(getattr(exp, "ppo", None), "toy_reward_token", None):
+                continue  # the toy reward needs no reward model
+            if not value and flag == "--reward" and not hasattr(exp, "ppo"):
+                continue  # optional for DPO
+            resolve_artifact(_need(value, flag, what), stages or (*POLICY_STAGES, "hf"), flag)
+
+    return check
+
+
+_SFT = ("sft", "--sft", ("sft",), "an SFT run dir from `reinforge rlhf sft`")
+_REWARD = ("reward", "--reward", ("reward",), "a reward-model run dir from `reinforge rlhf reward`")
+
 PIPELINES = (
     Pipeline("rlhf-sft", RLHFSFTExperiment, run_sft,
              "RLHF stage 1: supervised fine-tuning on folk melodies (TRL SFTTrainer)", uses_ray=False,
              metrics=SFT_METRICS, tune_metric=("eval_loss", "min")),
     Pipeline("rlhf-reward", RLHFRewardExperiment, run_reward,
              "RLHF stage 2: Bradley-Terry reward model on rater preferences", uses_ray=False,
-             metrics=REWARD_METRICS, tune_metric=("heldout_accuracy", "max")),
+             metrics=REWARD_METRICS, tune_metric=("heldout_accuracy", "max"), preflight=_check_inputs((_SFT,))),
     Pipeline("rlhf-ppo", RLHFPPOExperiment, run_ppo, "RLHF stage 3: PPO with a KL penalty to the frozen SFT prior",
-             actor_bundles=ppo_actor_bundles, metrics=PPO_METRICS, tune_metric=("eval_gold_reward", "max")),
+             actor_bundles=ppo_actor_bundles, metrics=PPO_METRICS, tune_metric=("eval_gold_reward", "max"),
+             preflight=_check_inputs((_SFT, _REWARD))),
     # DPO has no held-out loss; what it is for is the held-out gold reward, which it reports
     Pipeline("rlhf-dpo", RLHFDPOExperiment, run_dpo, "RLHF baseline: DPO (TRL DPOTrainer) on the same preferences",
-             uses_ray=False, metrics=DPO_METRICS, tune_metric=("dpo_gold_reward", "max")),
+             uses_ray=False, metrics=DPO_METRICS, tune_metric=("dpo_gold_reward", "max"),
+             preflight=_check_inputs((_SFT, _REWARD))),
     Pipeline("rlhf-all", RLHFAllExperiment, run_all, "RLHF: SFT -> reward model -> PPO in one run",
              actor_bundles=ppo_actor_bundles, metrics=ALL_METRICS, tune_metric=("ppo/ppo_gold_reward", "max"),
              demos=(DemoStep("rlhf", "rlhf-demo", "RLHF on melodies: SFT -> reward model -> PPO, checked against the gold",
@@ -399,5 +422,6 @@ PIPELINES = (
                              bars=(Bar("reward/heldout_accuracy", ">=", 0.55), Bar("ppo/gold_gain", ">=", 0.0))),)),
     Pipeline("rlhf-eval", RLHFEvalExperiment, run_eval,
              "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts", uses_ray=False,
-             metrics=EVAL_METRICS, tune_metric=("gold_reward", "max")),
+             metrics=EVAL_METRICS, tune_metric=("gold_reward", "max"),
+             preflight=_check_inputs((("model", "--model", (), "a policy artifact to evaluate"),))),
 )

@@ -35,21 +35,21 @@ def resolve_artifact(path: str | Path, expected: tuple[str, ...] | str, flag: st
     want = " or ".join(f"a {e} artifact (written by `{STAGE_WRITER.get(e, e)}`)" for e in expected if e != "hf")
     p = Path(path).expanduser()
     if not p.exists():
-        raise ReinforgeError(f"{flag} {path}: no such directory; expected {want}")
+        raise ConfigError(f"{flag} {path}: no such directory; expected {want}")
     if (p / MODEL_SUBDIR / STAMP).is_file() or ((p / MODEL_SUBDIR).is_dir() and not (p / "config.json").is_file()):
         p = p / MODEL_SUBDIR
     stamp_path = p / STAMP
     if not stamp_path.is_file():
         if "hf" in expected and (p / "config.json").is_file():
             return p, {"stage": "hf", "task": None}
-        raise ReinforgeError(f"{flag} {path}: not a reinforge RLHF artifact (no {STAMP}); expected {want}")
+        raise ConfigError(f"{flag} {path}: not a reinforge RLHF artifact (no {STAMP}); expected {want}")
     try:
         stamp = json.loads(stamp_path.read_text())
     except json.JSONDecodeError:
-        raise ReinforgeError(f"{flag} {path}: {STAMP} is not valid JSON; re-run the stage that wrote it") from None
+        raise ConfigError(f"{flag} {path}: {STAMP} is not valid JSON; re-run the stage that wrote it") from None
     stage = stamp.get("stage")
     if stage not in expected:
-        raise ReinforgeError(f"{flag} {path}: is a {stage!r} artifact (written by `{STAGE_WRITER.get(stage, '?')}`); "
+        raise ConfigError(f"{flag} {path}: is a {stage!r} artifact (written by `{STAGE_WRITER.get(stage, '?')}`); "
                              f"expected {want}")
     return p, stamp
 

@@ -219,7 +219,7 @@ def test_reporter_makes_rows_tune_safe():
 
 
 def test_rlhf_ppo_actor_bundles_follow_the_cluster():
-    plan = T.plan_sweep(T.sweep_from_sources("rlhf-ppo", None, {"metric": "x", "mode": "max"},
+    plan = T.plan_sweep(T.sweep_from_sources("rlhf-ppo", None, {"metric": "eval_gold_reward", "mode": "max"},
                                              ["ppo.learning_rate=choice(1e-4)"], ["ppo.num_rollout_workers=1"]))
     assert plan.bundles == [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]  # 1 rollout worker + the scorer
     T.fit_bundles_to_cluster(plan, {"CPU": 8.0})
