@@ -12,7 +12,7 @@ from cluster.errors import ConfigError
 from cluster.run_config import RunConfig
 from pipelines.pipeline import Bar, DemoStep, Pipeline
 from rl.actor_critic import ACConfig
-from rl.envs import EnvConfig
+from rl.envs import EnvConfig, check_discrete_actions
 from rl.rollout import RolloutConfig
 
 # every name the rows and the final result hold (both backends log these names)
@@ -130,6 +130,7 @@ PIPELINE = Pipeline(
     name="rl-ac", experiment=ACExperiment, run=run,
     description="A2C / PPO actor-critic with Ray rollout actors (or RLlib's PPO as a backend)",
     metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=rollout_bundles, evaluate=evaluate,
+    preflight=lambda exp: check_discrete_actions(exp.env, exp.rl.algo.upper()),
     demos=(DemoStep("rl-ppo", "ppo-cartpole", "PPO on CartPole-v1 with 2 Ray rollout actors",
                     # the preset's 50k steps (tuned on seeds 0-3; about 20 s on 2 cores)
                     overrides={"rl": {"eval_episodes": 10}},

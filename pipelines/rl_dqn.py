@@ -10,7 +10,7 @@ from typing import Any
 from cluster.run_config import RunConfig
 from pipelines.pipeline import Bar, DemoStep, Pipeline
 from rl.dqn import DQNConfig
-from rl.envs import EnvConfig
+from rl.envs import EnvConfig, check_discrete_actions
 from rl.rollout import RolloutConfig
 
 
@@ -89,6 +89,7 @@ PIPELINE = Pipeline(
     name="rl-dqn", experiment=DQNExperiment, run=run,
     description="DQN / Double DQN (dueling, n-step, prioritized replay) with Ray rollout actors",
     metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=rollout_bundles, evaluate=evaluate,
+    preflight=lambda exp: check_discrete_actions(exp.env, exp.rl.algo.upper()),
     demos=(DemoStep("rl-dqn", "ddqn-cartpole", "Double DQN on CartPole-v1 with 2 Ray rollout actors",
                     # the preset's 40k steps: 12k reached only ~220 greedy (about 80 s on 2 cores)
                     overrides={"rl": {"eval_episodes": 10, "log_every": 1_000}},

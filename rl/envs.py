@@ -103,6 +103,24 @@ def check_env_id(env_id: str) -> None:
     raise ConfigError(f"unknown env id {env_id!r}{hint}")
 
 
+def check_discrete_actions(cfg: EnvConfig, algo: str) -> None:
+    """Refuse an env whose actions are not Discrete (every algorithm here picks one of N
+    actions) with one line, before any rollout actor starts."""
+    import gymnasium as gym
+
+    _register()
+    spec = gym.spec(cfg.id)
+    try:
+        probe = gym.make(spec.id, **({"frameskip": 1} if is_atari(cfg.id) else {}))
+    except Exception:  # noqa: BLE001 - whatever make() needs (a ROM...) is reported by the actors
+        return
+    space = probe.action_space
+    probe.close()
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ConfigError(f"{algo} needs discrete actions but {cfg.id} has {type(space).__name__} actions {space}; "
+                          "use a Discrete env such as CartPole-v1 or ALE/Pong-v5")
+
+
 def check_env_memory(cfg: EnvConfig, total_envs: int) -> None:
     """Refuse an env count that cannot fit in this machine's memory (one line, with the fix)."""
     import psutil

@@ -92,3 +92,16 @@ def test_torsos_and_cnn_refuses_vector_observations(tmp_path):
     save_file(ref.state_dict(), str(tmp_path / "encoder" / "torso.safetensors"))
     fresh = load_torso(NatureCNN(), tmp_path)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in ref.state_dict().items())
+
+
+def test_continuous_actions_refused_before_any_actor_starts():
+    import time
+
+    from conftest import run_cli
+
+    for algo in ("ppo", "ddqn"):
+        t0 = time.time()
+        res = run_cli("rl", "train", "--algo", algo, "--env", "Pendulum-v1", "--total-steps", "100")
+        assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+        assert "needs discrete actions but Pendulum-v1 has Box actions" in res.stderr
+        assert time.time() - t0 < 30
