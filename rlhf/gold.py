@@ -140,8 +140,8 @@ def gold_scores(texts: list[str]) -> list[float]:
 
 
 # --- divergent raters ------------------------------------------------------------------------
-# Raters who weigh the same rules differently (DESIGN.md: several raters with different gold
-# rules model divergent preferences, as in variational preference learning). "gold" is the
+# Raters who weigh the same rules differently (several raters with different gold rules
+# model divergent preferences, as in variational preference learning). "gold" is the
 # evaluation reward; "tonal" hears only key and cadence, "melodic" only the line's shape. Each
 # sums to about the same maximum, so neither dominates a mixture by scale alone.
 _NEUTRAL = {"ends_with_eos": 1.0, "well_formed": 1.0, "reasonable_length": 1.0}

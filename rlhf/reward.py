@@ -259,7 +259,7 @@ def divergent_raters_report(rc, rr, ds, temperature: float | None) -> dict[str, 
     accuracy on that kind's pairs next to its Bayes-optimal accuracy; the accuracy of the one
     reward that averages the kinds' scores; and how the reward model's score correlates with
     each kind's score and with their average. A single Bradley-Terry model cannot know who
-    labelled a pair, so it learns something close to the average (DESIGN.md)."""
+    labelled a pair, so it learns something close to the average."""
     from rlhf.gold import profile_score
     from rlhf.raters import bayes_optimal_accuracy
 
