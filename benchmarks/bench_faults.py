@@ -79,6 +79,8 @@ def config_inputs(quick: bool) -> list[tuple[str, list[str]]]:
                           ("non-finite float", [*base, "--set", f"{key}=inf"])]
             if int in args or float in args:
                 cases.append(("wrong type", [*base, "--set", f"{key}=abc"]))
+            if int in args and not key.endswith("seed"):  # a count or size below zero
+                cases.append(("negative count", [*base, "--set", f"{key}=-5"]))
             if any(get_origin(a) is Literal for a in args):
                 cases.append(("bad choice", [*base, "--set", f"{key}=nosuchchoice"]))
             if bool in args:
@@ -110,6 +112,12 @@ def cli_inputs(work: Path, existing_run: Path) -> list[tuple[str, list[str]]]:
         ("cli", ["rl", "train", "--algo", "ppo", "--env", "Pendulum-v1", "--total-steps", "100"]),
         ("cli", ["rl", "eval", str(not_run)]),
         ("cli", ["rl", "eval", str(existing_run), "--episodes", "0"]),
+        ("cli", ["rl", "eval", str(existing_run), "--epsilon", "2"]),
+        ("cli", ["run", "ppo-cartpole", "--set", "rl.hidden_sizes=[0]"]),
+        ("cli", ["run", "ppo-cartpole", "--set", "rl.max_grad_norm=-1"]),
+        ("cli", ["run", "ddqn-cartpole", "--set", "rl.epsilon_start=2"]),
+        ("cli", ["tune", "toy", "--search", "toy.learning_rate=loguniform(1e-3,1e-1)", "--max-concurrent", "-1",
+                 "--dry-run"]),
         ("cli", ["gen", "train", "--model", "nosuchmodel"]),
         ("cli", ["rlhf", "nosuchstage"]),
         ("cli", ["rlhf", "reward"]),

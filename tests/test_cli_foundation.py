@@ -59,7 +59,8 @@ def test_bad_input_is_one_line_exit_2():
 
 def test_run_writes_a_complete_run_dir(cli, tmp_path):
     run_dir = tmp_path / "toy"
-    res = cli("run", "toy", "--set", "toy.steps=10", "--set", "toy.checkpoint_every=5", "--run-dir", str(run_dir))
+    res = cli("run", "toy", "--set", "toy.steps=10", "--set", "toy.checkpoint_every=5", "--set", "run.tensorboard=true",
+              "--run-dir", str(run_dir))
     assert res.returncode == 0, res.stderr
     assert f"run dir: {run_dir}" in res.stdout
     for name in ("config.yaml", "env.json", "metrics.jsonl"):
