@@ -130,8 +130,11 @@ class Jobs:
         url = dashboard_address(address)
         token, note = token_for(url, token_file, token, allow_insecure_token)  # bad token input: refused first
         _probe(url, timeout_s)  # a dead address fails in seconds, not after minutes of retries
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        if token is None:
+            # Ray's client attaches ~/.ray/auth_token by itself whenever token auth is on; the
+            # rules above decided no token goes to this address, so turn that off (before ray
+            # is imported: Ray reads the mode once).
+            os.environ["RAY_AUTH_MODE"] = "disabled"
         from ray.job_submission import JobSubmissionClient
 
         headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -146,6 +149,8 @@ class Jobs:
                 ) from None
             raise ConnectError(f"cannot use the Jobs API at {url}: {msg}; is it a Ray dashboard address "
                                "(http://HOST:8265)?") from None
+        if note:  # said once connected, so that a refusal stays one line
+            print(note, file=sys.stderr, flush=True)
         return cls(client, url)
 
     # --- submit -------------------------------------------------------------------------------

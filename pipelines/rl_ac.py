@@ -102,12 +102,6 @@ def evaluate(run_path: str | Path, experiment: ACExperiment, episodes: int, epsi
                         video=video, seed=seed, max_steps=experiment.rl.eval_max_steps, frames=frames)
 
 
-def rollout_bundles(experiment, cluster: dict[str, float]) -> list[dict[str, float]]:
-    """The rollout workers a run starts (one bundle each)."""
-    r = experiment.rollout
-    return [{"CPU": float(r.cpus_per_worker)}] * int(r.num_workers)
-
-
 GIF_EVERY = 2  # keep every 2nd rendered frame: a smaller GIF, still smooth at 15 fps
 
 
@@ -129,7 +123,7 @@ def atari_gif(run_path: Path, experiment: ACExperiment, result: dict[str, Any]) 
 PIPELINE = Pipeline(
     name="rl-ac", experiment=ACExperiment, run=run,
     description="A2C / PPO actor-critic with Ray rollout actors (or RLlib's PPO as a backend)",
-    metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=rollout_bundles, evaluate=evaluate,
+    metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=lambda exp, cluster: exp.rollout.bundles(), evaluate=evaluate,
     preflight=lambda exp: check_discrete_actions(exp.env, exp.rl.algo.upper()),
     demos=(DemoStep("rl-ppo", "ppo-cartpole", "PPO on CartPole-v1 with 2 Ray rollout actors",
                     # the preset's 50k steps (tuned on seeds 0-3; about 20 s on 2 cores)

@@ -75,12 +75,6 @@ def evaluate(run_path: str | Path, experiment: DQNExperiment, episodes: int, eps
                         video=video, seed=seed)
 
 
-def rollout_bundles(experiment, cluster: dict[str, float]) -> list[dict[str, float]]:
-    """The rollout workers a run starts (one bundle each)."""
-    r = experiment.rollout
-    return [{"CPU": float(r.cpus_per_worker)}] * int(r.num_workers)
-
-
 METRICS = ("env_steps", "updates", "games", "episode_return", "episode_length", "epsilon", "env_steps_per_s",
            "replay_size", "worker_failures", "loss", "q_mean", "grad_norm", "eval_return", "eval_return_std",
            "eval_episodes", "eval_human_normalized")
@@ -88,7 +82,7 @@ METRICS = ("env_steps", "updates", "games", "episode_return", "episode_length", 
 PIPELINE = Pipeline(
     name="rl-dqn", experiment=DQNExperiment, run=run,
     description="DQN / Double DQN (dueling, n-step, prioritized replay) with Ray rollout actors",
-    metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=rollout_bundles, evaluate=evaluate,
+    metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=lambda exp, cluster: exp.rollout.bundles(), evaluate=evaluate,
     preflight=lambda exp: check_discrete_actions(exp.env, exp.rl.algo.upper()),
     demos=(DemoStep("rl-dqn", "ddqn-cartpole", "Double DQN on CartPole-v1 with 2 Ray rollout actors",
                     # the preset's 40k steps: 12k reached only ~220 greedy (about 80 s on 2 cores)

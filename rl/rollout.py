@@ -80,6 +80,10 @@ class RolloutConfig:
         if self.max_restarts < 0:
             raise ConfigError(f"rollout.max_restarts={self.max_restarts} must be >= 0 (-1 is not allowed here)")
 
+    def bundles(self) -> list[dict[str, float]]:
+        """Ray resources of the rollout workers a run starts, one bundle each."""
+        return [{"CPU": float(self.cpus_per_worker)}] * int(self.num_workers)
+
 
 def _default_priority() -> None:
     """Ray starts worker processes at nice 15 (its ``worker_niceness``) so they cannot starve

@@ -139,9 +139,9 @@ def test_dpo_reports_gold_and_kl_beside_the_sft_model(stages):
 def test_wrong_artifacts_are_refused_in_one_line(sft_run, cli, cache, tmp_path):
     res = cli("rlhf", "ppo", "--sft", str(sft_run), "--reward", str(sft_run), "--run-dir", str(tmp_path / "x"),
               *DATA, env=cache)
-    assert res.returncode == 1
+    assert res.returncode == 2  # bad input, refused before Ray starts
     lines = res.stderr.strip().splitlines()
-    assert lines[-1].startswith("reinforge: error: --reward") and "expected a reward artifact" in lines[-1]
+    assert len(lines) == 1 and lines[0].startswith("reinforge: error: --reward") and "expected a reward artifact" in lines[0]
     assert "Traceback" not in res.stderr
     res = cli("rlhf", "reward", "--run-dir", str(tmp_path / "y"), *DATA, env=cache)
     assert res.returncode == 2 and "needs --sft DIR" in res.stderr
