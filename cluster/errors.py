@@ -19,3 +19,8 @@ class CheckpointError(ReinforgeError):
 
 class ConnectError(ReinforgeError):
     """A Ray cluster that cannot be reached."""
+
+
+class DivergedError(ReinforgeError):
+    """A training loss, gradient or weight became NaN or infinite: the run stops, and no
+    checkpoint of the non-finite state is saved."""

@@ -25,10 +25,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from cluster import checkpoint as ckpt_io
-from cluster.errors import ReinforgeError
+from cluster.errors import DivergedError, ReinforgeError
 
 TRACKED_LIBRARIES = ("torch", "ray", "transformers", "trl", "peft", "datasets", "gymnasium", "ale-py", "numpy")
 
@@ -84,6 +85,41 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     return str(v)
+
+
+GUARDED_METRICS = ("loss", "grad_norm")  # a metric whose name has one of these must stay finite
+
+
+def _guarded(name: str) -> bool:
+    """Training-step metrics only: not evaluations, not a stage's summary row (``final/...``)."""
+    leaf = name.rsplit("/", 1)[-1]
+    return (any(g in leaf for g in GUARDED_METRICS) and not leaf.startswith(("eval", "heldout"))
+            and not name.startswith("final/"))
+
+
+def _non_finite(obj: Any, path: str = "") -> str | None:
+    """The path of the first floating tensor or array holding NaN/inf in a nested structure."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return path or "a tensor"
+        return None
+    if isinstance(obj, np.ndarray):
+        if np.issubdtype(obj.dtype, np.floating) and obj.size and not np.isfinite(obj).all():
+            return path or "an array"
+        return None
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 class RunDir:
@@ -201,6 +237,10 @@ class RunDir:
         self._checkpoint_listeners.append(fn)
 
     def log(self, metrics: dict[str, Any], step: int) -> dict[str, Any]:
+        for k, v in metrics.items():  # a diverged update stops the run here, one line naming it
+            if _guarded(k) and isinstance(v, float) and not math.isfinite(v):
+                raise DivergedError(f"training diverged at step {int(step)}: {k} is {v}; lower the learning "
+                                    "rate (or raise max_grad_norm clipping) and resume from the last checkpoint")
         row = {"step": int(step), "time": round(time.time(), 3), **_jsonable(metrics)}
         self._last_log_step = int(step)
         self._metrics.write(json.dumps(row) + "\n")
@@ -228,6 +268,10 @@ class RunDir:
 
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, step: int, objects: dict[str, Any], keep: int | None = 3, **metadata: Any) -> Path:
+        bad = _non_finite(objects)
+        if bad is not None:
+            raise DivergedError(f"training diverged at step {int(step)}: {bad} holds NaN or infinite values; "
+                                "not saving that checkpoint (lower the learning rate and resume from the last one)")
         if self._last_log_step is not None:
             metadata.setdefault("log_step", self._last_log_step)
         path = ckpt_io.save_checkpoint(self.checkpoints, step, objects, keep=keep, metadata=metadata)

@@ -76,11 +76,12 @@ def run(exp: ToyExperiment, run_dir) -> dict[str, Any]:
         if t.fail_once_at and step == t.fail_once_at and not marker.exists():
             marker.write_text(str(step))
             raise InjectedFailure(f"toy: injected failure at step {step}")
-        grad = (x - target) + t.noise * rng.standard_normal(t.dim)
-        x = x - t.learning_rate * grad
-        loss = 0.5 * float(((x - target) ** 2).sum())
-        run_dir.log({"loss": loss, "grad_norm": float(np.linalg.norm(grad)), "x_norm": float(np.linalg.norm(x)),
-                     "resumed_from": start}, step=step)
+        with np.errstate(over="ignore", invalid="ignore"):  # a divergence is reported by the run dir
+            grad = (x - target) + t.noise * rng.standard_normal(t.dim)
+            x = x - t.learning_rate * grad
+            loss = 0.5 * float(((x - target) ** 2).sum())
+            norms = float(np.linalg.norm(grad)), float(np.linalg.norm(x))
+        run_dir.log({"loss": loss, "grad_norm": norms[0], "x_norm": norms[1], "resumed_from": start}, step=step)
         if step % t.checkpoint_every == 0 or step == t.steps:
             run_dir.save_checkpoint(step, {"model": {"x": torch.from_numpy(x.copy())}, "state": {"step": step}},
                                     keep=exp.run.keep_checkpoints)

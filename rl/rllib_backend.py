@@ -159,7 +159,9 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
             steps_before = row["env_steps"]
             row = metrics_row(result, 0, t_start, time.perf_counter() - t0)
             bar.update(row["env_steps"] - steps_before, episode_return=row["episode_return"])
-            run_dir.log(row, step=row["env_steps"])
+            # a loss RLlib did not report this iteration is left out, not logged as NaN (which
+            # the run dir reads as a diverged update)
+            run_dir.log({k: v for k, v in row.items() if not ("loss" in k and v != v)}, step=row["env_steps"])
             if cfg.checkpoint_every and row["env_steps"] - last_ckpt >= cfg.checkpoint_every:
                 save(row["env_steps"])
                 last_ckpt = row["env_steps"]

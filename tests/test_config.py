@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.errors import ConfigError
-from pipelines import config as cfg
 from cluster.run_config import RunConfig
+from pipelines import config as cfg
 from pipelines.registry import resolve
 
 

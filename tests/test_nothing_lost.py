@@ -101,3 +101,30 @@ def test_missing_run_dir_flag_value_is_config_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
         _toy(tmp_path / "f")
+
+
+def test_a_diverged_update_stops_the_run_and_saves_no_checkpoint(tmp_path):
+    from cluster.errors import DivergedError
+
+    rd = RunDir(tmp_path / "r", tensorboard=False)
+    rd.log({"loss": 1.0, "episode_return": float("nan"), "eval_loss": float("nan")}, step=1)  # fine
+    with pytest.raises(DivergedError, match="training diverged at step 2: policy_loss is nan"):
+        rd.log({"policy_loss": float("nan")}, step=2)
+    with pytest.raises(DivergedError, match="step 3: grad_norm is inf"):
+        rd.log({"grad_norm": float("inf")}, step=3)
+    with pytest.raises(DivergedError, match=r"step 4: model\.w holds NaN"):
+        rd.save_checkpoint(4, {"model": {"w": torch.tensor([1.0, float("nan")])}, "state": {"step": 4}})
+    assert not list((tmp_path / "r" / "checkpoints").iterdir())
+    rd.save_checkpoint(5, {"model": {"w": torch.ones(2)}, "state": {"step": 5}})
+    rd.close()
+    assert len(list((tmp_path / "r" / "checkpoints").glob("step_*"))) == 1
+
+
+def test_huge_learning_rate_ends_in_one_line_and_no_nan_checkpoint(tmp_path):
+    run = tmp_path / "toy"
+    res = run_cli("run", "toy", "--run-dir", str(run), "--set", "toy.learning_rate=1e300", "--set", "toy.steps=20",
+                  "--set", "toy.checkpoint_every=1")
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "training diverged" in res.stderr
+    for ck in (run / "checkpoints").glob("step_*"):
+        assert torch.isfinite(load_checkpoint(ck)["model"]["x"]).all()
