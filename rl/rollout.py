@@ -232,7 +232,8 @@ class RolloutGroup:
         self._known: list[int] = [-1] * cfg.num_workers  # weights version each worker has
         self._weights_ref = None
         self._version = -1
-        self.failures = 0
+        self.failures = 0  # worker outages (a crash and its restart count once)
+        self._down: list[bool] = [False] * cfg.num_workers
         self._info = self._get(self.workers[0].info.remote())
 
     def _get(self, ref):
@@ -316,8 +317,12 @@ class RolloutGroup:
             i, _ = self._inflight.pop(ref)
             try:
                 out.append((i, ray.get(ref)))
+                self._down[i] = False
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                self.failures += 1
+                # one failure per outage: the requests dropped while Ray restarts the actor
+                # are not failures of their own
+                self.failures += 0 if self._down[i] else 1
+                self._down[i] = True
                 self._known[i] = -1  # restarted actor: send it the weights again
         return out
 

@@ -170,7 +170,8 @@ def test_a2c_learns_cartpole_resumes_and_survives_a_killed_actor(ray_session, tm
     assert steps == sorted(steps) and steps[0] < steps_after_first < steps[-1]
     assert r2["updates"] > r1["updates"] and r2["env_steps"] >= 30000
     last_train = [r for r in rows if "policy_loss" in r][-1]
-    assert killed and last_train["worker_failures"] >= 1  # detected, skipped, restarted (a cumulative count)
+    # detected, skipped, restarted: one kill is one failure, however many requests its restart dropped
+    assert killed and last_train["worker_failures"] == len(killed)
     assert r2["eval_return"] >= 100, r2  # random play scores about 22
 
 

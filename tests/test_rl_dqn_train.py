@@ -47,7 +47,7 @@ def test_ddqn_solves_cartpole_with_two_actors_and_survives_a_killed_actor(ray_se
 
     with RunDir(tmp_path / "run", tensorboard=False) as rd:
         result = run(exp, rd, on_log=kill_one)  # train (rl.dqn_learner), then the pipeline's eval and plots
-    assert killed and result["worker_failures"] >= 1
+    assert killed and result["worker_failures"] == len(killed)  # one kill, one failure
     assert result["env_steps"] >= exp.rl.total_steps
     assert result["eval_episodes"] == 20, result
     # greedy, 20 episodes. DQN's greedy policy on CartPole can dip late in training (a known
