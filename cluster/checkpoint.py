@@ -198,7 +198,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         ckpts = list_checkpoints(candidate)
         if ckpts:
             valid = latest_valid_checkpoint(candidate)
-            if valid is None:  # every one is damaged: say what is wrong with the newest
+            if valid is None:  # every one is damaged: raise what is wrong with the newest
                 check_checkpoint(ckpts[-1])
             return valid or ckpts[-1]
     if not p.exists():
@@ -226,10 +226,26 @@ def _read_manifest(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any], int, dic
     return files, objects, step, manifest
 
 
+# checkpoints whose sha256s matched, keyed by their files' (name, size, mtime): a resume checks
+# the newest checkpoint before Ray starts, again when the run dir opens, and once more when it
+# loads; hashing a large model each time would be the same work three times
+_VERIFIED: set[tuple] = set()
+
+
 def check_checkpoint(ckpt: Path, verify: bool = True) -> None:
     """Raise CheckpointError unless every file the manifest lists is there, whole, and (with
     ``verify``) matches its sha256."""
     files, _, _, _ = _read_manifest(ckpt)
+    stats = []
+    for fname in [MANIFEST, *files]:
+        try:
+            st = (ckpt / fname).stat()
+            stats.append((fname, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((fname, -1, -1))
+    key = (str(ckpt.resolve()), tuple(stats))
+    if verify and key in _VERIFIED:
+        return
     for fname, info in files.items():
         fpath = ckpt / fname
         if not fpath.is_file():
@@ -239,6 +255,8 @@ def check_checkpoint(ckpt: Path, verify: bool = True) -> None:
             raise CheckpointError(f"checkpoint file {fpath} is truncated or altered ({size} bytes, expected {info.get('bytes')})")
         if verify and _sha256(fpath) != info.get("sha256"):
             raise CheckpointError(f"checkpoint file {fpath} is corrupt (sha256 mismatch)")
+    if verify:
+        _VERIFIED.add(key)
 
 
 def latest_valid_checkpoint(directory: str | os.PathLike, warn=None) -> Path | None:
@@ -252,7 +270,7 @@ def latest_valid_checkpoint(directory: str | os.PathLike, warn=None) -> Path | N
             return ckpt
         except CheckpointError as exc:
             (warn or (lambda m: print(m, file=sys.stderr, flush=True)))(
-                f"reinforge: warning: skipping damaged checkpoint {ckpt.name} ({exc}); using an older one")
+                f"reinforge: warning: skipping damaged checkpoint {ckpt.name} ({exc})")
     return None
 
 

@@ -123,12 +123,12 @@ def check_run_dir(resolved: Resolved, resume: str | None = None) -> Path | None:
     return path
 
 
-def open_run_dir(resolved: Resolved, resume: str | None = None):
-    """Create (or reopen, for --resume) the run directory and write config.yaml and env.json."""
+def open_run_dir(resolved: Resolved, path: Path | None, resume: str | None = None):
+    """Create (or reopen, for --resume) the run directory ``check_run_dir`` accepted (None: a
+    new default one) and write config.yaml and env.json."""
     from cluster.rundir import RunDir, create_default_run_dir
 
     run: RunConfig = resolved.experiment.run
-    path = check_run_dir(resolved, resume)
     if path is None:
         path = create_default_run_dir(resolved.pipeline.name, run.runs_root)
     run.run_dir = str(path)
@@ -136,9 +136,10 @@ def open_run_dir(resolved: Resolved, resume: str | None = None):
                   tensorboard=run.tensorboard, resume=bool(resume))
 
 
-def preflight(resolved: Resolved, resume: str | None = None, check_dir: bool = True) -> None:
+def preflight(resolved: Resolved, resume: str | None = None, check_dir: bool = True) -> Path | None:
     """Everything that can be refused before Ray starts: the device, the Ray address's form, the
-    run dir (and a resume's checkpoint), and the pipeline's own ``preflight`` (e.g. inputs)."""
+    run dir (and a resume's checkpoint), and the pipeline's own ``preflight`` (e.g. inputs).
+    Returns the run dir path ``check_run_dir`` accepted (None: a default one is to be made)."""
     from cluster.runtime import parse_address, select_device
 
     run: RunConfig = resolved.experiment.run
@@ -148,10 +149,10 @@ def preflight(resolved: Resolved, resume: str | None = None, check_dir: bool = T
         address = run.address or os.environ["RAY_ADDRESS"]
         if address not in ("auto", "local"):
             parse_address(address)
-    if check_dir:
-        check_run_dir(resolved, resume)
+    path = check_run_dir(resolved, resume) if check_dir else None
     if resolved.pipeline.preflight is not None:
         resolved.pipeline.preflight(resolved.experiment)
+    return path
 
 
 def execute(resolved: Resolved, resume: str | None = None, listeners: list[Callable] | None = None,
@@ -162,10 +163,10 @@ def execute(resolved: Resolved, resume: str | None = None, listeners: list[Calla
 
     run: RunConfig = resolved.experiment.run
     seed_everything(run.seed)
-    preflight(resolved, resume, check_dir=run_dir is None)
+    path = preflight(resolved, resume, check_dir=run_dir is None)
     if resolved.pipeline.uses_ray:
         connect(run.address, num_cpus=run.num_cpus, num_gpus=run.num_gpus)
-    rd = run_dir or open_run_dir(resolved, resume=resume)
+    rd = run_dir or open_run_dir(resolved, path, resume=resume)
     for fn in listeners or []:
         rd.add_listener(fn)
     try:

@@ -375,26 +375,33 @@ DPO_METRICS = _names(DPO_ROWS, _with_final(*DPO_RESULT))
 ALL_METRICS = (*(f"sft/{k}" for k in SFT_RESULT), *(f"reward/{k}" for k in REWARD_RESULT),
                *(f"ppo/{k}" for k in PPO_RESULT))
 
-def _check_inputs(needs: tuple[tuple[str, str, tuple[str, ...], str], ...]):
-    """A preflight: each (inputs field, flag, accepted stages, what) must be given and be an
-    artifact of one of those stages, checked before Ray starts."""
+def _check_input(exp, field_name: str, flag: str, stages: tuple[str, ...], what: str,
+                 required: bool = True) -> None:
+    """One input artifact of a stage: given (when required) and written by one of ``stages``."""
+    from rlhf.models import resolve_artifact
 
-    def check(exp) -> None:
-        from rlhf.models import POLICY_STAGES, resolve_artifact
-
-        for field_name, flag, stages, what in needs:
-            value = getattr(exp.inputs, field_name)
-            if field_name == "reward" and getattr(getattr(exp, "ppo", None), "toy_reward_token", None):
-                continue  # the toy reward needs no reward model
-            if not value and flag == "--reward" and not hasattr(exp, "ppo"):
-                continue  # optional for DPO
-            resolve_artifact(_need(value, flag, what), stages or (*POLICY_STAGES, "hf"), flag)
-
-    return check
+    value = getattr(exp.inputs, field_name)
+    if value or required:
+        resolve_artifact(_need(value, flag, what), stages, flag)
 
 
-_SFT = ("sft", "--sft", ("sft",), "an SFT run dir from `reinforge rlhf sft`")
-_REWARD = ("reward", "--reward", ("reward",), "a reward-model run dir from `reinforge rlhf reward`")
+def _needs_sft(exp) -> None:
+    _check_input(exp, "sft", "--sft", ("sft",), "an SFT run dir from `reinforge rlhf sft`")
+
+
+def _needs_sft_and_reward(exp) -> None:
+    """PPO needs a reward model unless it trains on the toy reward; for DPO it is optional."""
+    _needs_sft(exp)
+    required = hasattr(exp, "ppo") and not exp.ppo.toy_reward_token
+    _check_input(exp, "reward", "--reward", ("reward",), "a reward-model run dir from `reinforge rlhf reward`",
+                 required=required)
+
+
+def _needs_model(exp) -> None:
+    from rlhf.models import POLICY_STAGES
+
+    _check_input(exp, "model", "--model", (*POLICY_STAGES, "hf"), "a policy artifact to evaluate")
+
 
 PIPELINES = (
     Pipeline("rlhf-sft", RLHFSFTExperiment, run_sft,
@@ -402,14 +409,14 @@ PIPELINES = (
              metrics=SFT_METRICS, tune_metric=("eval_loss", "min")),
     Pipeline("rlhf-reward", RLHFRewardExperiment, run_reward,
              "RLHF stage 2: Bradley-Terry reward model on rater preferences", uses_ray=False,
-             metrics=REWARD_METRICS, tune_metric=("heldout_accuracy", "max"), preflight=_check_inputs((_SFT,))),
+             metrics=REWARD_METRICS, tune_metric=("heldout_accuracy", "max"), preflight=_needs_sft),
     Pipeline("rlhf-ppo", RLHFPPOExperiment, run_ppo, "RLHF stage 3: PPO with a KL penalty to the frozen SFT prior",
              actor_bundles=ppo_actor_bundles, metrics=PPO_METRICS, tune_metric=("eval_gold_reward", "max"),
-             preflight=_check_inputs((_SFT, _REWARD))),
+             preflight=_needs_sft_and_reward),
     # DPO has no held-out loss; what it is for is the held-out gold reward, which it reports
     Pipeline("rlhf-dpo", RLHFDPOExperiment, run_dpo, "RLHF baseline: DPO (TRL DPOTrainer) on the same preferences",
              uses_ray=False, metrics=DPO_METRICS, tune_metric=("dpo_gold_reward", "max"),
-             preflight=_check_inputs((_SFT, _REWARD))),
+             preflight=_needs_sft_and_reward),
     Pipeline("rlhf-all", RLHFAllExperiment, run_all, "RLHF: SFT -> reward model -> PPO in one run",
              actor_bundles=ppo_actor_bundles, metrics=ALL_METRICS, tune_metric=("ppo/ppo_gold_reward", "max"),
              demos=(DemoStep("rlhf", "rlhf-demo", "RLHF on melodies: SFT -> reward model -> PPO, checked against the gold",
@@ -423,5 +430,5 @@ PIPELINES = (
     Pipeline("rlhf-eval", RLHFEvalExperiment, run_eval,
              "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts", uses_ray=False,
              metrics=EVAL_METRICS, tune_metric=("gold_reward", "max"),
-             preflight=_check_inputs((("model", "--model", (), "a policy artifact to evaluate"),))),
+             preflight=_needs_model),
 )
