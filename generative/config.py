@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from cluster.errors import ConfigError
+from cluster.run_config import check_ranges
 
 MODELS = ("gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco")
 DATASETS = ("ring8", "grid25", "digits", "atari-frames")
@@ -84,28 +85,24 @@ class GenConfig:
             raise ConfigError(
                 f"atari-frames trains encoders for the RL torso; use --model vae, simclr or moco, not {self.model!r}"
             )
-        if self.data == "digits":
-            if self.model == "ddpm" and self.image_size % UNET_DOWNSAMPLING:
-                raise ConfigError(
-                    f"gen.image_size={self.image_size} is not divisible by the U-Net's downsampling "
-                    f"({UNET_DOWNSAMPLING}); use 16 or 32"
-                )
-            if self.image_size not in (16, 32):
-                raise ConfigError(f"gen.image_size={self.image_size}: digits are padded to 16 or 32; use 16 or 32")
-        for name in ("epochs", "batch_size", "dataset_size", "timesteps", "eval_samples", "grid_samples",
-                     "hidden", "critic_steps", "log_every", "atari_frames"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"gen.{name} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0 or self.max_failures < 0 or self.latent_dim < 0:
-            raise ConfigError("gen.workers, gen.max_failures and gen.latent_dim must be >= 0")
-        if self.learning_rate <= 0 or self.temperature <= 0 or self.beta < 0:
-            raise ConfigError("gen.learning_rate and gen.temperature must be > 0 and gen.beta >= 0")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"gen.ema_decay={self.ema_decay} must be in [0, 1) (0 = no weight averaging; e.g. 0.999)")
-        if not 0.0 <= self.cond_drop < 1.0:
-            raise ConfigError(f"gen.cond_drop={self.cond_drop} must be in [0, 1)")
-        if not 0.0 < self.moco_momentum < 1.0:
-            raise ConfigError(f"gen.moco_momentum={self.moco_momentum} must be in (0, 1)")
+        if self.data == "digits" and self.model == "ddpm" and self.image_size % UNET_DOWNSAMPLING:
+            raise ConfigError(
+                f"gen.image_size={self.image_size} is not divisible by the U-Net's downsampling "
+                f"({UNET_DOWNSAMPLING}); use 16 or 32"
+            )
+        if self.image_size not in (16, 32):
+            raise ConfigError(f"gen.image_size={self.image_size} must be 16 or 32 (digits are padded to one of them)")
+        check_ranges("gen", self, {
+            **dict.fromkeys(("epochs", "batch_size", "dataset_size", "timesteps", "eval_samples", "grid_samples",
+                             "hidden", "critic_steps", "log_every", "atari_frames", "projection_dim"), ">= 1"),
+            "workers": (">= 0", "0: in-process"), "max_failures": ">= 0",
+            "latent_dim": (">= 0", "0: a default per model and data"),
+            "learning_rate": "> 0", "temperature": "> 0", "beta": ">= 0",
+            "gp_weight": ">= 0", "clip_value": "> 0", "guidance_scale": (">= 0", "0: no guidance"),
+            "ema_decay": ("[0, 1)", "0 = no weight averaging; e.g. 0.999"), "cond_drop": "[0, 1)",
+            "moco_momentum": "(0, 1)", "moco_queue": (">= 1", "keys kept as negatives"),
+            "beta_start": "(0, 1)", "beta_end": "(0, 1)",
+        })
         if self.schedule == "linear" and not 0 < self.beta_start < self.beta_end < 1:
             raise ConfigError("gen.beta_start < gen.beta_end must both lie in (0, 1)")
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.errors import ConfigError
-from cluster.run_config import RunConfig
+from cluster.run_config import RunConfig, check_ranges
 from pipelines.pipeline import Pipeline
 
 # Names this pipeline logs; `reinforge tune` checks --metric against them before any trial starts.
@@ -36,12 +35,10 @@ class ToyConfig:
     fail_once_at: int = 0  # >0: raise once at this step (a marker file in the run dir remembers it)
 
     def validate(self) -> None:
-        if self.dim < 1 or self.steps < 1 or self.checkpoint_every < 1:
-            raise ConfigError("toy.dim, toy.steps and toy.checkpoint_every must be >= 1")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"toy.learning_rate must be > 0, got {self.learning_rate}")
-        if self.noise < 0 or self.step_seconds < 0:
-            raise ConfigError("toy.noise and toy.step_seconds must be >= 0")
+        check_ranges("toy", self, {
+            "dim": ">= 1", "steps": ">= 1", "checkpoint_every": ">= 1", "learning_rate": "> 0",
+            "noise": ">= 0", "step_seconds": ">= 0", "fail_once_at": (">= 0", "0: never fail"),
+        })
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from cluster.errors import ConfigError, ReinforgeError
+from cluster.run_config import check_ranges
 from pipelines import config as cfg
 
 SEARCH_FUNCTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
@@ -157,7 +158,7 @@ class SweepConfig:
     mode: Literal["min", "max"] | None = None
     cpus_per_trial: float = 1.0  # for the trial's driver (the learner); rollout actors are added
     gpus_per_trial: float = 0.0
-    max_concurrent: int = 0  # 0: as many as the resources allow
+    max_concurrent: int | None = None  # None: as many as the resources allow
     max_failures: int = 2  # retries of a crashed trial, each from its last checkpoint
     name: str | None = None  # experiment name; default <pipeline>-sweep-<timestamp>
     storage_path: str = "runs/sweeps"
@@ -170,18 +171,16 @@ class SweepConfig:
     seed: int = 0  # seeds the sampling of the search space (the trials' own seed is run.seed)
 
     def validate(self) -> None:
-        if self.num_samples < 1:
-            raise ConfigError("sweep num_samples must be >= 1 (--num-samples N)")
-        if self.cpus_per_trial < 0 or self.gpus_per_trial < 0:
-            raise ConfigError("--cpus-per-trial and --gpus-per-trial must be >= 0")
+        check_ranges("sweep", self, {
+            "num_samples": (">= 1", "--num-samples N"), "cpus_per_trial": ">= 0", "gpus_per_trial": ">= 0",
+            "max_concurrent": (">= 1", "--max-concurrent K, or leave it out for as many as the resources allow"),
+            "max_failures": ">= 0", "grace_period": ">= 1", "reduction_factor": "> 1",
+            "perturbation_interval": ">= 1", "keep_checkpoints": ">= 1", "top": ">= 1", "seed": ">= 0",
+        })
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ConfigError(f"--gpus-per-trial {self.gpus_per_trial}: fractions are allowed only below 1")
-        if self.max_concurrent < 0 or self.max_failures < 0:
-            raise ConfigError("--max-concurrent and --max-failures must be >= 0")
-        if self.grace_period < 1 or self.asha_max_t < self.grace_period or self.reduction_factor <= 1:
-            raise ConfigError("ASHA needs 1 <= grace_period <= asha_max_t and reduction_factor > 1")
-        if self.perturbation_interval < 1 or self.keep_checkpoints < 1 or self.top < 1:
-            raise ConfigError("perturbation_interval, keep_checkpoints and top must be >= 1")
+        if self.asha_max_t < self.grace_period:
+            raise ConfigError(f"sweep.asha_max_t={self.asha_max_t} must be >= sweep.grace_period={self.grace_period}")
 
 
 def load_sweep_file(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -338,7 +337,7 @@ def check_resources(plan: Plan, cluster: dict[str, float]) -> None:
 def concurrency_limit(plan: Plan, cluster: dict[str, float]) -> int | None:
     """At most as many trials at once as the cluster holds when trials use resources Tune cannot
     see (Train workers); otherwise Tune's own accounting suffices (None)."""
-    limit = plan.sweep.max_concurrent or None
+    limit = plan.sweep.max_concurrent
     if plan.outside:
         need = plan.per_trial()
         fits = min(int(float(cluster.get(k, 0.0)) // v) for k, v in need.items() if v > 0)
@@ -557,6 +556,8 @@ def read_plan(experiment_dir: str | os.PathLike) -> Plan:
     if not path.is_file():
         raise ConfigError(f"--resume {experiment_dir}: not a reinforge sweep directory (no sweep.yaml)")
     doc = cfg.load_yaml(path)
+    if doc["sweep"].get("max_concurrent") == 0:  # written before 0 ("no limit") became null
+        doc["sweep"]["max_concurrent"] = None
     sweep = cfg.from_dict(SweepConfig, doc["sweep"], prefix="sweep.")
     sweep.storage_path, sweep.name = str(d.resolve().parent), d.resolve().name
     specs = [parse_search(k, v) for k, v in sweep.search.items()]

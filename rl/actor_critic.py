@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from cluster.errors import ConfigError
+from cluster.run_config import check_ranges
 from rl import policy_gradient as pg
 
 ALGOS = ("a2c", "ppo")
@@ -71,15 +72,17 @@ class ACConfig:
             raise ConfigError(f"unknown backend rl.backend={self.backend!r}; use native or rllib")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer rl.optimizer={self.optimizer!r}; use adam or rmsprop")
-        for name in ("total_steps", "rollout_length", "update_epochs", "num_minibatches", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"rl.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError("rl.gamma must be in (0, 1] and rl.gae_lambda in [0, 1]")
-        if self.learning_rate <= 0 or self.clip_range <= 0 or self.max_grad_norm <= 0:
-            raise ConfigError("rl.learning_rate, rl.clip_range and rl.max_grad_norm must be > 0")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ConfigError("rl.target_kl must be > 0, or null to disable the early stop")
+        check_ranges("rl", self, {
+            **dict.fromkeys(("total_steps", "rollout_length", "update_epochs", "num_minibatches", "log_every",
+                             "eval_max_steps"), ">= 1"),
+            "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
+            "learning_rate": "> 0", "adam_eps": "> 0", "clip_range": "> 0", "max_grad_norm": "> 0",
+            "ent_coef": ">= 0", "vf_coef": ">= 0",
+            "target_kl": ("> 0", "or null for no early stop"),
+            "hidden_sizes": (">= 1", "units per MLP layer"),
+            "checkpoint_every": (">= 0", "0: only at the end"),
+            "eval_episodes": (">= 0", "0: no final evaluation"), "eval_epsilon": "[0, 1]",
+        })
 
     def check_batch(self, num_envs: int) -> None:
         """The rollout (T x envs) must split into equal minibatches."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cluster.errors import ConfigError
+from cluster.run_config import check_ranges
 from rl.networks import QNetwork, make_torso
 
 ALGOS = ("dqn", "ddqn")
@@ -74,16 +75,20 @@ class DQNConfig:
         if self.backend != "native":
             raise ConfigError(f"rl.backend={self.backend!r}: DQN runs only on the native backend; "
                               "drop --backend (RLlib is available for --algo a2c|ppo)")
-        for name in ("total_steps", "batch_size", "buffer_size", "n_step", "target_update_every",
-                     "sync_weights_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"rl.{name}={getattr(self, name)} must be >= 1")
+        check_ranges("rl", self, {
+            **dict.fromkeys(("total_steps", "batch_size", "buffer_size", "n_step", "target_update_every",
+                             "sync_weights_every", "checkpoint_every", "log_every"), ">= 1"),
+            "epsilon_decay_steps": (">= 0", "0: epsilon_end from the first step"),
+            "learning_rate": "> 0", "adam_eps": "> 0", "replay_ratio": "> 0", "max_grad_norm": "> 0",
+            "gamma": "(0, 1]", "tau": ("[0, 1)", "0: hard target copies"),
+            "alpha": ("[0, 1]", "0: uniform replay"), "beta_start": "[0, 1]",
+            "epsilon_start": "[0, 1]", "epsilon_end": "[0, 1]", "eval_epsilon": "[0, 1]",
+            "apex_base": "(0, 1]", "apex_alpha": ">= 0",
+            "hidden": (">= 1", "units per MLP layer"), "head_hidden": (">= 0", "0: linear head"),
+            "eval_episodes": (">= 0", "0: no final evaluation"),
+        })
         if self.learning_starts < self.batch_size:
             raise ConfigError(f"rl.learning_starts={self.learning_starts} must be >= rl.batch_size={self.batch_size}")
-        if not 0 < self.gamma <= 1 or self.learning_rate <= 0 or self.replay_ratio <= 0:
-            raise ConfigError("rl.gamma must be in (0, 1], rl.learning_rate and rl.replay_ratio > 0")
-        if not 0 <= self.tau < 1:
-            raise ConfigError(f"rl.tau={self.tau} must be in [0, 1) (0: hard target copies)")
         if self.exploration not in ("linear", "apex"):
             raise ConfigError(f"rl.exploration={self.exploration!r}: use linear or apex")
 

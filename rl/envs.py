@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from cluster.errors import ConfigError, ReinforgeError
+from cluster.run_config import check_ranges
 
 # Bytes one env costs inside a rollout worker (ALE emulator state, frame buffers, stacks);
 # measured roughly with AtariVectorEnv on Pong; used to refuse absurd env counts up front.
@@ -62,12 +63,13 @@ class EnvConfig:
     num_threads: int = 0  # AtariVectorEnv threads per worker; 0 = min(envs, 2)
 
     def validate(self) -> None:
-        if self.frame_skip < 1 or self.frame_stack < 1 or self.screen_size < 8:
-            raise ConfigError("env.frame_skip and env.frame_stack must be >= 1 and env.screen_size >= 8")
-        if self.noop_max < 0:
-            raise ConfigError(f"env.noop_max={self.noop_max} must be >= 0 (30 is the Nature-DQN value)")
-        if not 0.0 <= self.sticky_actions < 1.0:
-            raise ConfigError(f"env.sticky_actions={self.sticky_actions} must be in [0, 1); use 0.25 for sticky actions")
+        check_ranges("env", self, {
+            "frame_skip": ">= 1", "frame_stack": ">= 1", "screen_size": ">= 8",
+            "noop_max": (">= 0", "30 is the Nature-DQN value"),
+            "sticky_actions": ("[0, 1)", "use 0.25 for sticky actions"),
+            "max_episode_frames": (">= 1", "108000 is 30 minutes of play"),
+            "num_threads": (">= 0", "0: min(envs, 2)"),
+        })
         if self.vector_backend not in ("auto", "ale", "gymnasium"):
             raise ConfigError(f"env.vector_backend={self.vector_backend!r}: use auto, ale or gymnasium")
 

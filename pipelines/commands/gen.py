@@ -56,6 +56,7 @@ def handle_train(args: argparse.Namespace) -> int:
 
 
 def handle_sample(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     import torch
@@ -64,8 +65,12 @@ def handle_sample(args: argparse.Namespace) -> int:
     from generative.evaluate import save_image_grid, save_scatter
     from generative.train import load_trained
 
+    from cluster.errors import ConfigError
+
     if args.n < 1:
-        raise ReinforgeError(f"--n {args.n}: ask for at least one sample")
+        raise ConfigError(f"--n {args.n}: ask for at least one sample")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise ConfigError(f"--guidance {args.guidance:g} must be a finite number >= 0 (0: no guidance)")
     torch.manual_seed(args.seed)
     model, cfg, ckpt = load_trained(args.checkpoint)
     if cfg.model in ("simclr", "moco"):

@@ -107,6 +107,8 @@ def handle_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes} must be >= 1")
+    if args.epsilon is not None and not 0.0 <= args.epsilon <= 1.0:  # NaN fails both comparisons
+        raise ConfigError(f"--epsilon {args.epsilon:g} must be in [0, 1] (the probability of a random action)")
     ckpt = resolve_checkpoint(args.checkpoint)
     run_path = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else Path(args.checkpoint)
     if not (run_path / "config.yaml").is_file():
