@@ -155,7 +155,8 @@ def _load_hub(path: str, split: str, flag: str) -> datasets.Dataset:
 
 @contextlib.contextmanager
 def _quiet_datasets():
-    """No progress bars or parser log lines while loading: a failure is reported once, as a DataError."""
+    """No progress bars or parser log lines while loading or mapping: a failure is reported once, as a
+    DataError."""
     logger, bars_were_off = logging.getLogger("datasets"), datasets.utils.are_progress_bars_disabled()
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -197,17 +198,20 @@ def _bad_json_line(p: Path) -> str | None:
 
 
 def split_eval(ds: datasets.Dataset, eval_path: str | None, eval_fraction: float, seed: int,
-               flag: str = "data.eval_path", fraction_flag: str = "data.eval_fraction",
+               flag: str = "data.path", eval_flag: str | None = None, fraction_flag: str = "data.eval_fraction",
                eval_split: str = "train") -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, eval): ``ds`` and the table at ``eval_path``, or a seeded split of ``ds``."""
+    """(train, eval): ``ds`` and the table at ``eval_path``, or a seeded split of ``ds``. ``flag``
+    names the data being split ("data.path", "data.preferences", ...); ``eval_flag`` its eval set's
+    key (by default data.eval_path for data.path, else FLAG_eval_path)."""
+    eval_flag = eval_flag or ("data.eval_path" if flag == "data.path" else f"{flag}_eval_path")
     if eval_path:
-        return ds, load_table(eval_path, split=eval_split, flag=flag)
+        return ds, load_table(eval_path, split=eval_split, flag=eval_flag)
     n = len(ds)
     n_eval = math.ceil(eval_fraction * n) if 0 < eval_fraction < 1 else 0  # rounded up, as train_test_split
     n_train = n - n_eval
     if n_eval < 1 or n_train < 1:
-        raise DataError(f"{fraction_flag}={eval_fraction} of {n} rows leaves {n_train} training and {n_eval} "
-                        f"eval rows; use a fraction in (0, 1) that leaves both sides rows, or set {flag}")
+        raise DataError(f"{where(ds, flag)}: {fraction_flag}={eval_fraction} of {n} rows leaves {n_train} training "
+                        f"and {n_eval} eval rows; use a fraction in (0, 1) that leaves both sides rows, or set {eval_flag}")
     # a seeded permutation selected in memory (here and in the views' maps): `datasets`
     # would otherwise write cache files into a save_to_disk folder, changing the user's data folder and
     # its file_hash, and train_test_split(keep_in_memory=True) fails on a file-backed table (datasets 5.2)
@@ -436,8 +440,8 @@ def _extract_shared_prompt(ds, conversational: bool, at: str):
         if conversational and chosen[0] != rejected[0]:
             raise DataError(f"{at}: row {row}: chosen and rejected share no leading message, so the prompt cannot be "
                             "taken from them; give a prompt column of messages (data.columns.prompt)")
-    return ds.map(_shared_prompt_row, fn_kwargs={"conversational": conversational}, desc="extract prompt",
-                  keep_in_memory=True)
+    with _quiet_datasets():
+        return ds.map(_shared_prompt_row, fn_kwargs={"conversational": conversational}, keep_in_memory=True)
 
 
 def _last_assistant_prefix(example: dict[str, Any]) -> dict[str, Any]:
@@ -465,7 +469,8 @@ def prompt_view(ds: datasets.Dataset, columns: ColumnNames | None = None,
             raise DataError(f"{at}: column 'prompt' exists beside {columns.messages!r}; drop it or name it with "
                             "data.columns.prompt")
         out = _rename(ds, columns, fmt, at)
-        out = _carry(ds, out.map(_last_assistant_prefix, desc="prompt from messages", keep_in_memory=True))
+        with _quiet_datasets():
+            out = _carry(ds, out.map(_last_assistant_prefix, keep_in_memory=True))
         for row, prompt in enumerate(out["prompt"]):
             if not prompt:
                 raise DataError(f"{at}: row {row} of {columns.messages!r} starts with the assistant turn, so it has "

@@ -321,16 +321,21 @@ def test_prompt_view_refuses_a_number(tmp_path):
 # --- splitting and stamps -----------------------------------------------------------------
 def test_split_eval_both_ways(tmp_path):
     ds = datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(10)]})
-    train, held = split_eval(ds, None, 0.2, seed=3, flag="data.eval_path")
+    train, held = split_eval(ds, None, 0.2, seed=3, flag="data.path")
     assert (len(train), len(held)) == (8, 2) and not set(train["text"]) & set(held["text"])
-    assert split_eval(ds, None, 0.2, seed=3, flag="data.eval_path")[1]["text"] == held["text"]
+    assert split_eval(ds, None, 0.2, seed=3, flag="data.path")[1]["text"] == held["text"]
+    assert split_eval(ds, None, 0.2, seed=4, flag="data.path")[1]["text"] != held["text"]
     path = write(tmp_path, [{"text": "x"}, {"text": "y"}], "jsonl")
-    train, held = split_eval(ds, path, 0.2, seed=3, flag="data.eval_path")
+    train, held = split_eval(ds, path, 0.2, seed=3, flag="data.path")
     assert train is ds and held["text"] == ["x", "y"]
-    msg = refusal(split_eval, ds.select([0]), None, 0.5, 0, "data.eval_path")
-    assert "data.eval_fraction=0.5 of 1 rows" in msg and "data.eval_path" in msg
-    assert "0 eval rows" in refusal(split_eval, ds, None, 0.0, 0, "data.eval_path")
-    assert "no such file" in refusal(split_eval, ds, str(tmp_path / "held.jsonl"), 0.2, 0, "data.eval_path")
+    tagged = load_table(write(tmp_path, [{"text": "x"}], "parquet"))
+    msg = refusal(split_eval, tagged, None, 0.5, 0, "data.path")
+    assert msg.startswith(f"data.path {tmp_path / 'data.parquet'}: data.eval_fraction=0.5 of 1 rows")
+    assert msg.endswith("or set data.eval_path")
+    assert "0 eval rows" in refusal(split_eval, ds, None, 0.0, 0, "data.preferences")
+    assert "set data.preferences_eval_path" in refusal(split_eval, ds, None, 0.0, 0, "data.preferences")
+    msg = refusal(split_eval, ds, str(tmp_path / "held.jsonl"), 0.2, 0, "data.prompts")
+    assert msg.startswith("data.prompts_eval_path") and "no such file" in msg
 
 
 def test_file_hash_and_source_info(tmp_path):
@@ -411,6 +416,6 @@ def test_views_and_split_leave_a_saved_folder_unchanged(tmp_path, rows):
     before = file_hash(path)
     ds = load_table(path)
     prompt_view(ds, ColumnNames())
-    train, _ = split_eval(ds, None, 0.5, seed=0, flag="data.eval_path")
+    train, _ = split_eval(ds, None, 0.5, seed=0, flag="data.path")
     prompt_view(train, ColumnNames())
     assert file_hash(path) == before
