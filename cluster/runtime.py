@@ -7,6 +7,7 @@ or a multi-node GPU cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ def connect(
         if address != "auto":
             _probe(address, timeout_s)
         try:
-            ray.init(address=address, **kwargs)
+            with _loopback_node_ip():  # keeps 127.0.0.1:PORT (an embedded instance's address) as given
+                ray.init(address=address, **kwargs)
         except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConnectError(f"cannot connect to Ray cluster at {address}: {first}") from None
@@ -79,10 +81,38 @@ def connect(
         # address="local": always start our own instance. Without it Ray 2.60 joins whatever
         # cluster /tmp/ray/ray_current_cluster names (e.g. someone's `ray start` head).
         # Its session files go to a private temp dir, removed when this process exits.
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _temp_dir=_private_temp_dir(), **kwargs)
+        with _loopback_node_ip():
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                     _temp_dir=_private_temp_dir(), **kwargs)
     _private_token_file()
     return dict(ray.cluster_resources())
+
+
+@contextlib.contextmanager
+def _loopback_node_ip():
+    """Make the embedded instance a single-machine one that listens on 127.0.0.1 only.
+
+    Ray's servers (GCS, raylet, object manager, every worker's gRPC server, the dashboard
+    agent with its metrics port, the runtime-env agent) bind loopback when the node's IP is
+    127.0.0.1, and all interfaces otherwise. On Linux the head takes its IP from the default
+    route (``ray._private.services.get_node_ip_address``) unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's own single-machine mode (the macOS and
+    Windows default), which answers 127.0.0.1. ``ray.init(_node_ip_address="127.0.0.1")``
+    cannot do it: ``services.resolve_ip_for_localhost`` turns a loopback address back into
+    the routed one, and for the same reason a driver joining ``127.0.0.1:PORT`` would dial
+    the routed IP, where a loopback instance does not listen. Ray reads that variable once,
+    into ``ray_constants.ENABLE_RAY_CLUSTER``, when it is first imported, so the constant is
+    set for the ``ray.init`` call and restored afterwards. Only the head asks for its own IP
+    (raylet, workers and agents are handed it; a joining driver takes its node's), so joining
+    any other cluster is unchanged."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 TEMP_PREFIX = "reinforge-ray-"
