@@ -61,11 +61,9 @@ def handle_sample(args: argparse.Namespace) -> int:
 
     import torch
 
-    from cluster.errors import ReinforgeError
+    from cluster.errors import ConfigError, ReinforgeError
     from generative.evaluate import save_image_grid, save_scatter
     from generative.train import load_trained
-
-    from cluster.errors import ConfigError
 
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: ask for at least one sample")
