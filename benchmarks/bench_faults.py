@@ -2,7 +2,8 @@
 
 Bad inputs are generated from the pipelines' own config declarations (for every pipeline and
 every key: a typo of the key, a value of the wrong type, NaN and infinity for floats, a
-negative or zero size for ints, a value outside a Literal's choices) plus hand-written CLI
+negative value for ints and floats, 2 for a probability, a 0 or negative entry in a list of
+sizes, a value outside a Literal's choices) plus hand-written CLI
 mistakes (unknown commands, missing arguments, unparsable addresses, a missing token file,
 a run dir that already holds a run, a resume of a dir that is not a run, ...). Each is run
 through ``pipelines.cli.main`` in this process (one import of torch for all of them) with the
@@ -25,6 +26,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +58,10 @@ def _leaves(cls: type, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+# A float setting whose name says it is a probability, discount, decay or mixing weight.
+PROBABILITY_NAME = re.compile(r"epsilon|prob|drop|sticky|momentum|decay|gamma|lambda|tau\b")
+
+
 def config_inputs(quick: bool) -> list[tuple[str, list[str]]]:
     """(kind, argv) for bad --set values on every pipeline's keys, through `reinforge run`."""
     from pipelines.registry import PIPELINES
@@ -81,6 +87,13 @@ def config_inputs(quick: bool) -> list[tuple[str, list[str]]]:
                 cases.append(("wrong type", [*base, "--set", f"{key}=abc"]))
             if int in args and not key.endswith("seed"):  # a count or size below zero
                 cases.append(("negative count", [*base, "--set", f"{key}=-5"]))
+            if float in args:  # every float setting is a rate, weight, size or probability
+                cases.append(("negative float", [*base, "--set", f"{key}=-5"]))
+                if PROBABILITY_NAME.search(leaf):
+                    cases.append(("probability above 1", [*base, "--set", f"{key}=2"]))
+            if any(get_origin(a) in (list, tuple) and get_args(a)[:1] == (int,) for a in args):
+                cases += [("size list with 0 or below", [*base, "--set", f"{key}=[0]"]),
+                          ("size list with 0 or below", [*base, "--set", f"{key}=[-4]"])]
             if any(get_origin(a) is Literal for a in args):
                 cases.append(("bad choice", [*base, "--set", f"{key}=nosuchchoice"]))
             if bool in args:
@@ -111,13 +124,20 @@ def cli_inputs(work: Path, existing_run: Path) -> list[tuple[str, list[str]]]:
         ("cli", ["rl", "train", "--algo", "dqnn"]),
         ("cli", ["rl", "train", "--algo", "ppo", "--env", "Pendulum-v1", "--total-steps", "100"]),
         ("cli", ["rl", "eval", str(not_run)]),
-        ("cli", ["rl", "eval", str(existing_run), "--episodes", "0"]),
-        ("cli", ["rl", "eval", str(existing_run), "--epsilon", "2"]),
+        ("cli", ["rl", "eval", "--checkpoint", str(existing_run), "--episodes", "0"]),
+        ("cli", ["rl", "eval", "--checkpoint", str(existing_run), "--epsilon", "2"]),
+        ("cli", ["rl", "eval", "--checkpoint", str(existing_run), "--epsilon", "nan"]),
+        ("cli", ["gen", "sample", "--checkpoint", str(existing_run), "--n", "0"]),
+        ("cli", ["gen", "sample", "--checkpoint", str(existing_run), "--guidance", "-1"]),
         ("cli", ["run", "ppo-cartpole", "--set", "rl.hidden_sizes=[0]"]),
         ("cli", ["run", "ppo-cartpole", "--set", "rl.max_grad_norm=-1"]),
         ("cli", ["run", "ddqn-cartpole", "--set", "rl.epsilon_start=2"]),
-        ("cli", ["tune", "toy", "--search", "toy.learning_rate=loguniform(1e-3,1e-1)", "--max-concurrent", "-1",
-                 "--dry-run"]),
+        ("cli", ["run", "toy", "--set", "run.seed=-5"]),
+        ("cli", ["run", "toy", "--set", "run.keep_checkpoints=0"]),
+        ("cli", ["run", "toy", "--set", "run.num_cpus=0"]),
+        *[("cli", ["tune", "toy", "--search", "toy.learning_rate=loguniform(1e-3,1e-1)", flag, value, "--dry-run"])
+          for flag, value in (("--max-concurrent", "-1"), ("--max-concurrent", "0"), ("--num-samples", "0"),
+                              ("--cpus-per-trial", "-1"), ("--max-failures", "-1"), ("--top", "0"))],
         ("cli", ["gen", "train", "--model", "nosuchmodel"]),
         ("cli", ["rlhf", "nosuchstage"]),
         ("cli", ["rlhf", "reward"]),
