@@ -59,7 +59,7 @@ def _leaves(cls: type, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 # A float setting whose name says it is a probability, discount, decay or mixing weight.
-PROBABILITY_NAME = re.compile(r"epsilon|prob|drop|sticky|momentum|decay|gamma|lambda|tau\b")
+PROBABILITY_NAME = re.compile(r"epsilon|prob|drop|sticky|momentum|(?<!weight_)decay|gamma|lambda|tau\b")
 
 
 def config_inputs(quick: bool) -> list[tuple[str, list[str]]]:

@@ -32,7 +32,7 @@ PROBABILITIES = {
     "gen.ema_decay", "gen.cond_drop", "gen.moco_momentum", "gen.beta_start", "gen.beta_end",
 }
 # A float whose name says it is one of those must be listed above (so a new one is not missed).
-PROBABILITY_NAME = re.compile(r"epsilon|prob|drop|sticky|momentum|decay|gamma|lambda|tau\b")
+PROBABILITY_NAME = re.compile(r"epsilon|prob|drop|sticky|momentum|(?<!weight_)decay|gamma|lambda|tau\b")
 
 
 def _leaves(cls: type, prefix: str = ""):
