@@ -61,12 +61,16 @@ RENAMED = {
     "ppo.ppo_epochs": "ppo.update_epochs",
     "ppo.lam": "ppo.gae_lambda",
     "ppo.whiten_advantages": "ppo.normalize_advantages",
+    # the RLHF data section holds every task; the melody corpus settings moved under data.melody
+    **{f"data.{k}": f"data.melody.{k}" for k in ("collection", "files", "max_songs", "max_tokens",
+                                                  "validation_fraction", "cache_dir", "prompt_bars")},
+    "raters.preferences": "data.preferences",
 }
 
 
 def _unknown_key(key: str, prefix: str, valid: list[str]) -> ConfigError:
     full = f"{prefix}{key}"
-    if full in RENAMED and RENAMED[full].rsplit(".", 1)[-1] in valid:
+    if full in RENAMED:
         return ConfigError(f"unknown key {full!r}: it was renamed to {RENAMED[full]!r}")
     guess = nearest(key, valid)
     if guess is not None:

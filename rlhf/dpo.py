@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError
+from rlhf.models import PolicyTraining
 
 
 @dataclass
-class DPOStageConfig:
+class DPOStageConfig(PolicyTraining):
     beta: float = 0.1
     epochs: float = 3.0
     batch_size: int = 16
@@ -26,6 +27,9 @@ class DPOStageConfig:
             raise ConfigError("dpo.beta, dpo.epochs and dpo.learning_rate must be > 0, dpo.batch_size >= 1")
         if self.max_pairs < 0:
             raise ConfigError("dpo.max_pairs must be >= 0 (0 = every pair)")
+        if self.logging_steps < 1:
+            raise ConfigError(f"dpo.logging_steps must be >= 1, got {self.logging_steps}")
+        self.validate_policy_training("dpo")
 
 
 def tokenize_dpo(ds, tokenizer):
@@ -40,25 +44,37 @@ def tokenize_dpo(ds, tokenizer):
 
 
 def train_dpo(cfg: DPOStageConfig, sft_dir: Path, pairs, out_dir: Path, run_dir=None, seed: int = 0,
-              device: str = "auto") -> dict[str, Any]:
+              device: str = "auto", task=None, allow_pickle: bool = False) -> dict[str, Any]:
+    """DPO from the SFT artifact; with LoRA the reference is the same model with its adapter
+    switched off (TRL's way), else a second frozen copy."""
     from trl import DPOConfig, DPOTrainer
 
-    from rlhf.models import load_policy, quiet_trainer, run_dir_callback, save_artifact, trainer_device_args
+    from rlhf.models import (
+        finished_policy,
+        load_policy,
+        lora_config,
+        quiet_trainer,
+        run_dir_callback,
+        save_artifact,
+        trainer_device_args,
+    )
 
     if 0 < cfg.max_pairs < len(pairs):
         pairs = pairs.shuffle(seed=seed).select(range(cfg.max_pairs))
-    model, tok = load_policy(sft_dir, "--sft")
-    ref, _ = load_policy(sft_dir, "--sft")
+    model, tok = load_policy(sft_dir, "--sft", allow_pickle)
+    ref = None if cfg.lora_r > 0 else load_policy(sft_dir, "--sft", allow_pickle)[0]
     args = DPOConfig(
         output_dir=str(out_dir.parent / "trainer"), beta=cfg.beta, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-        logging_steps=cfg.logging_steps, seed=seed, max_length=None, **trainer_device_args(device),
+        logging_steps=cfg.logging_steps, seed=seed, max_length=None,
+        activation_checkpointing=cfg.gradient_checkpointing, **trainer_device_args(device),
     )
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=tokenize_dpo(pairs, tok),
-                         processing_class=tok, callbacks=[run_dir_callback(run_dir, "dpo")])
+                         processing_class=tok, peft_config=lora_config(cfg, model) if cfg.lora_r > 0 else None,
+                         callbacks=[run_dir_callback(run_dir, "dpo")])
     quiet_trainer(trainer)
     result = trainer.train()
-    model = trainer.model.to("cpu")
-    model.config.use_cache = True
-    save_artifact(model, tok, out_dir, "dpo", parent={"sft": str(sft_dir)}, beta=cfg.beta)
+    model = finished_policy(trainer.model.to("cpu"), cfg)
+    save_artifact(model, tok, out_dir, "dpo", task=task.stamp() if task is not None else None,
+                  parent={"sft": str(sft_dir)}, beta=cfg.beta)
     return {"train_loss": float(result.training_loss), "steps": int(result.global_step), "dpo_pairs": len(pairs)}

@@ -1,6 +1,7 @@
-"""Evaluation of any policy artifact on held-out prompts: mean gold reward (the hidden rules),
-proxy reward (a reward model, if given) and KL(pi || pi_ref) to a reference policy, estimated
-per sequence as the sum over sampled completion tokens of log pi - log pi_ref."""
+"""Evaluation of any policy artifact on held-out prompts: mean gold reward (the task's hidden
+gold, when it has one), proxy reward (a reward model and/or function, if given) and
+KL(pi || pi_ref) to a reference policy, estimated per sequence as the sum over sampled
+completion tokens of log pi - log pi_ref."""
 
 from __future__ import annotations
 
@@ -28,44 +29,53 @@ def kl_to_reference(policy, reference, tokenizer, prompts: list[str], completion
     return np.concatenate(out)
 
 
-def evaluate_policy(model_dir: Path, prompts: list[str], ref_dir: Path | None = None, reward_dir: Path | None = None,
-                    samples_per_prompt: int = 2, max_new_tokens: int = 112, seed: int = 0) -> dict[str, Any]:
-    from rlhf.gold import gold_rules, gold_score
-    from rlhf.models import disable_dropout, load_policy, load_reward_model, sample
+def evaluate_policy(model_dir: Path, prompts, ref_dir: Path | None = None, reward_dir: Path | None = None,
+                    samples_per_prompt: int = 2, max_new_tokens: int = 112, seed: int = 0, task=None,
+                    reward=None, allow_pickle: bool = False) -> dict[str, Any]:
+    """Sample ``samples_per_prompt`` completions of each held-out prompt (a ``PromptSet``) and
+    report the task's gold (when it has one), the reward (model and/or function) and the KL to
+    the reference."""
+    from rlhf.models import disable_dropout, load_policy, load_reward_model, reward_offset, sample
+    from rlhf.ppo import as_prompts
 
-    policy, tok = load_policy(model_dir, "--model")
+    prompts = as_prompts(prompts)
+    policy, tok = load_policy(model_dir, "--model", allow_pickle)
     disable_dropout(policy)
-    reps = [p for p in prompts for _ in range(samples_per_prompt)]
-    comps = sample(policy, tok, reps, max_new_tokens, temperature=1.0, generator_seed=seed)
-    texts = [p + " " + tok.decode(c).strip() for p, c in zip(reps, comps)]
-    gold = np.array([gold_score(t) for t in texts])
-    rules = [gold_rules(t) for t in texts]
-    out: dict[str, Any] = {"samples": len(texts), "gold_reward": float(gold.mean()),
-                           "gold_reward_sem": float(gold.std() / np.sqrt(len(gold))),
+    reps = prompts.repeat_each(samples_per_prompt)
+    comps = sample(policy, tok, reps.prompts, max_new_tokens, temperature=1.0, generator_seed=seed)
+    texts = task.completion_texts(tok, comps) if task is not None else \
+        [tok.decode(c, skip_special_tokens=True) for c in comps]
+    out: dict[str, Any] = {"samples": len(texts),
                            "eos_fraction": float(np.mean([bool(c) and c[-1] == tok.eos_token_id for c in comps])),
                            "completion_length": float(np.mean([len(c) for c in comps]))}
-    out.update({f"gold/{k}": float(np.mean([r[k] for r in rules])) for k in rules[0]})
+    gold = task.gold(reps.prompts, texts, reps.columns) if task is not None and task.has_gold else None
+    if gold is not None:
+        gold = np.asarray(gold, dtype=np.float64)
+        out.update(gold_reward=float(gold.mean()), gold_reward_sem=float(gold.std() / np.sqrt(len(gold))))
+        out.update(task.gold_details(reps.prompts, texts, reps.columns))
+    model_scores = None
     if reward_dir is not None:
-        import json
-
         from rlhf.reward import score_texts
 
-        rm, _ = load_reward_model(reward_dir, "--reward")
-        offset = float(json.loads((Path(reward_dir) / "reinforge.json").read_text()).get("reward_offset", 0.0))
-        out["proxy_reward"] = float(score_texts(rm, tok, texts, offset).mean())
+        rm, _ = load_reward_model(reward_dir, "--reward", allow_pickle)
+        model_scores = score_texts(rm, tok, [p + t for p, t in zip(reps.prompts, texts)], reward_offset(reward_dir))
+    if reward is not None and (reward.fn is not None or model_scores is not None):
+        out["proxy_reward"] = float(reward.combine(model_scores, reps.prompts, texts, reps.columns).mean())
+    elif model_scores is not None:
+        out["proxy_reward"] = float(model_scores.mean())
     if ref_dir is not None:
-        ref, ref_tok = load_policy(ref_dir, "--ref")
+        ref, ref_tok = load_policy(ref_dir, "--ref", allow_pickle)
         disable_dropout(ref)
         if ref_tok.get_vocab() != tok.get_vocab():
-            from cluster.errors import ReinforgeError
+            from cluster.errors import ConfigError
 
-            raise ReinforgeError(f"--ref {ref_dir}: its tokenizer differs from the evaluated model's; "
-                                 "KL needs the same vocabulary")
-        out["kl_to_reference"] = float(kl_to_reference(policy, ref, tok, reps, comps).mean())
+            raise ConfigError(f"--ref {ref_dir}: its tokenizer differs from the evaluated model's; "
+                              "KL needs the same vocabulary")
+        out["kl_to_reference"] = float(kl_to_reference(policy, ref, tok, reps.prompts, comps).mean())
     return out
 
 
-def plot_gold_vs_kl(rows: list[dict[str, Any]], path: Path) -> Path | None:
+def plot_gold_vs_kl(rows: list[dict[str, Any]], path: Path, algo: str = "PPO") -> Path | None:
     """The over-optimisation curve: held-out gold (and proxy) reward against KL to the prior,
     one point per evaluation, labelled with its PPO iteration (KL estimates are noisy, so
     points are not joined in KL order)."""
@@ -89,7 +99,7 @@ def plot_gold_vs_kl(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax2.plot(kl, [r.get("eval_proxy_reward", float("nan")) for r in pts], "s--", color="tab:blue", alpha=0.6,
              label="proxy (reward model)")
     ax2.set_ylabel("proxy reward", color="tab:blue")
-    ax.set_title("PPO: gold vs proxy reward along KL (labels: iteration)")
+    ax.set_title(f"{algo}: gold vs proxy reward along KL (labels: iteration)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

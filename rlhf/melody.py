@@ -168,13 +168,15 @@ class MelodyDataConfig:
 
     def validate(self) -> None:
         if not self.files:
-            raise ConfigError("data.files is empty; name at least one corpus file, e.g. data.files=[kinder0]")
+            raise ConfigError("data.melody.files is empty; name at least one corpus file, e.g. data.melody.files=[kinder0]")
         if not 0.0 < self.validation_fraction < 1.0:
-            raise ConfigError("data.validation_fraction must be in (0, 1), e.g. 0.15")
+            raise ConfigError("data.melody.validation_fraction must be in (0, 1), e.g. 0.15")
         if self.max_tokens < 16:
-            raise ConfigError("data.max_tokens must be >= 16")
+            raise ConfigError("data.melody.max_tokens must be >= 16")
         if self.prompt_bars < 1:
-            raise ConfigError("data.prompt_bars must be >= 1")
+            raise ConfigError("data.melody.prompt_bars must be >= 1")
+        if self.max_songs is not None and self.max_songs < 1:
+            raise ConfigError(f"data.melody.max_songs must be >= 1 (or null for every song), got {self.max_songs}")
 
 
 def cache_root(cfg: MelodyDataConfig) -> Path:
@@ -191,7 +193,7 @@ def _find_files(cfg: MelodyDataConfig) -> list[Path]:
 
     folder = Path(music21.__file__).parent / "corpus" / cfg.collection
     if not folder.is_dir():
-        raise ConfigError(f"data.collection={cfg.collection!r} is not a music21 corpus folder; "
+        raise ConfigError(f"data.melody.collection={cfg.collection!r} is not a music21 corpus folder; "
                           "try essenFolksong, ryansMammoth or oneills1850")
     present = sorted(p for p in folder.iterdir() if p.suffix in (".abc", ".krn", ".xml", ".mxl", ".musicxml"))
     if cfg.files == ["all"]:
@@ -202,7 +204,7 @@ def _find_files(cfg: MelodyDataConfig) -> list[Path]:
         if stem not in by_stem:
             guess = difflib.get_close_matches(stem, list(by_stem), n=1)
             hint = f"did you mean {guess[0]!r}?" if guess else f"available: {', '.join(sorted(by_stem))}"
-            raise ConfigError(f"data.files: no file {stem!r} in the music21 {cfg.collection} corpus; {hint}")
+            raise ConfigError(f"data.melody.files: no file {stem!r} in the music21 {cfg.collection} corpus; {hint}")
         out.append(by_stem[stem])
     return out
 
@@ -297,8 +299,8 @@ def load_melodies(cfg: MelodyDataConfig, log=print):
         rows += parse_file(path, cfg.max_songs)
     rows = [r for r in rows if len(r["text"].split()) <= cfg.max_tokens]
     if len(rows) < 4:
-        raise ReinforgeError(f"only {len(rows)} melodies in {cfg.files} fit data.max_tokens={cfg.max_tokens}; "
-                             "add files or raise data.max_tokens")
+        raise ReinforgeError(f"only {len(rows)} melodies in {cfg.files} fit data.melody.max_tokens={cfg.max_tokens}; "
+                             "add files or raise data.melody.max_tokens")
     ds = datasets.Dataset.from_list(rows)
     split = ds.train_test_split(test_size=cfg.validation_fraction, seed=1234)
     dd = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})

@@ -11,9 +11,12 @@ Per completion token t (policy pi, frozen reference pi_ref = the SFT model, rewa
     L_V   = 1/2 mean max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)
 
 beta is fixed or adapted to a target KL (Ziegler's proportional controller). The critic is a
-separate network initialised from the reward model. Rollouts (sampling at temperature 1, no
-top-k/top-p) run in ``RolloutWorker`` actors, reference log-probs and reward scores in a
-``Scorer`` actor (rlhf/actors.py); the learner (this process) runs the PPO epochs.
+separate network initialised from the reward model (from the SFT model when the reward is a
+function only). The reward r(x, y) is a reward model, a reward function or both
+(rlhf/rewards.py). Rollouts (sampling at temperature 1, no top-k/top-p) run in
+``RolloutWorker`` actors, reference log-probs and reward-model scores in a ``Scorer`` actor
+(``RolloutGroup``, rlhf/actors.py, shared with GRPO); the learner (this process) runs the PPO
+epochs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cluster.errors import ConfigError
+from rlhf.models import PolicyTraining
 
 # --- the equations ------------------------------------------------------------------------
 
@@ -123,7 +127,7 @@ class AdaptiveKLController:
 
 
 @dataclass
-class PPOStageConfig:
+class PPOStageConfig(PolicyTraining):
     iterations: int = 40
     batch_size: int = 32  # prompts (= completions) per iteration
     max_new_tokens: int = 112
@@ -163,6 +167,11 @@ class PPOStageConfig:
                               "0 < ppo.gamma <= 1")
         if self.target_kl is not None and self.target_kl <= 0:
             raise ConfigError("ppo.target_kl must be > 0 (or null for a fixed beta)")
+        from cluster.run_config import check_ranges
+
+        check_ranges("ppo", self, {"kl_horizon": ">= 1", "value_clip_range": "> 0", "max_grad_norm": "> 0",
+                                   "actor_cpus": "> 0", "missing_eos_penalty": ">= 0"})
+        self.validate_policy_training("ppo")
 
 
 # --- the loop -----------------------------------------------------------------------------
@@ -203,123 +212,180 @@ def actor_resources(cfg: PPOStageConfig, cluster_gpus: float):
     return Resources(num_cpus=cfg.actor_cpus, num_gpus=gpus)
 
 
-class PPOLearner:
-    """Policy + critic + the frozen-prior actors; ``iteration()`` = rollout, score, update."""
+def minibatches(rng: np.random.Generator, batch: dict[str, Any], size: int, epochs: int, minibatch_size: int):
+    """(indices, minibatch, completion mask) over ``epochs`` shuffled passes of a batch of
+    ``size`` completions (PPO's and GRPO's update loop)."""
+    import torch
 
-    def __init__(self, cfg: PPOStageConfig, policy, critic, tokenizer, reward_spec: Any, reward_offset: float,
+    for _ in range(epochs):
+        order = torch.as_tensor(rng.permutation(size))
+        for start in range(0, size, minibatch_size):
+            idx = order[start:start + minibatch_size]
+            mb = _sub(batch, idx)
+            yield idx, mb, mb["completion_mask"]
+
+
+def gradient_step(model, optimizer, loss, max_grad_norm: float) -> None:
+    import torch
+
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+def as_prompts(prompts):
+    """A ``PromptSet`` (plain lists of prompt strings are wrapped)."""
+    from rlhf.tasks import PromptSet
+
+    return prompts if isinstance(prompts, PromptSet) else PromptSet(list(prompts))
+
+
+class Rollouts:
+    """Sampling and scoring shared by PPO and GRPO: the rollout group's completions, their
+    reference log-probs, their reward (model and/or function) and, for evaluation only, the
+    task's gold."""
+
+    def __init__(self, group, tokenizer, reward=None, task=None, missing_eos_penalty: float = 0.0):
+        from rlhf.rewards import Reward
+
+        self.group, self.tok = group, tokenizer
+        self.reward = reward if reward is not None else Reward(has_model=True)
+        self.task, self.missing_eos_penalty = task, missing_eos_penalty
+
+    def texts(self, comps: list[list[int]]) -> list[str]:
+        if self.task is not None:
+            return self.task.completion_texts(self.tok, comps)
+        return [self.tok.decode(c, skip_special_tokens=True) for c in comps]
+
+    def gold(self, prompts, texts: list[str]) -> list[float] | None:
+        return self.task.gold(prompts.prompts, texts, prompts.columns) if self.task is not None and self.task.has_gold \
+            else None
+
+    def sample(self, prompts, max_new_tokens: int, device) -> dict[str, Any]:
+        """Completions of ``prompts`` (a PromptSet) packed into one batch on ``device``, with
+        the reference log-probs, the (penalised) rewards and the gold."""
+        import torch
+
+        from rlhf.models import pack
+
+        comps = self.group.generate(prompts.prompts, max_new_tokens)
+        prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts.prompts]
+        ref_logp, model_scores = self.group.score(prompt_ids, comps)
+        texts = self.texts(comps)
+        scores = self.reward.combine(model_scores, prompts.prompts, texts, prompts.columns)
+        batch = pack(prompt_ids, comps, self.tok.pad_token_id)
+        batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+        eos = self.tok.eos_token_id
+        has_eos = torch.tensor([bool(c) and c[-1] == eos for c in comps], device=device)
+        scores_t = torch.tensor(scores, device=device).float()
+        return {"batch": batch, "ref_logp": torch.tensor(np.array(ref_logp), device=device), "scores": scores_t,
+                "penalised": scores_t - self.missing_eos_penalty * (~has_eos).float(), "has_eos": has_eos.float(),
+                "texts": texts, "gold": self.gold(prompts, texts)}
+
+
+class PolicyLearner:
+    """What PPO and GRPO learners share: the policy being trained (with LoRA when asked), its
+    optimizer, the rollout group (workers + scorer) and the seeded generator."""
+
+    def __init__(self, cfg, policy, tokenizer, reward_spec: Any, reward_offset: float, reward=None, task=None,
                  seed: int = 0, device: str = "cpu"):
         import torch
 
-        from cluster.runtime import cluster_gpus, make_actor
-        from cluster.seeding import worker_seed
-        from rlhf.actors import RolloutWorker, Scorer, model_spec
-        from rlhf.models import disable_dropout
+        from cluster.runtime import cluster_gpus
+        from rlhf.actors import RolloutGroup
+        from rlhf.models import disable_dropout, prepare_policy
 
         self.cfg, self.tok, self.device = cfg, tokenizer, torch.device(device)
-        self.policy, self.critic = policy.to(self.device), critic.to(self.device)
-        for m in (self.policy, self.critic):
-            disable_dropout(m)
-        self.opt_pi = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-        self.opt_v = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5)
-        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self.policy = prepare_policy(policy, cfg).to(self.device)
+        disable_dropout(self.policy)
+        self.opt_pi = torch.optim.Adam([p for p in self.policy.parameters() if p.requires_grad],
+                                       lr=cfg.learning_rate, eps=1e-5)
         self.iteration_done = 0
         self.rng = np.random.default_rng(seed)
-        res = actor_resources(cfg, cluster_gpus())
-        gpus = res.num_gpus
-        spec = model_spec(self.policy)  # the reference is the initial policy (the SFT model)
-        self.workers = [make_actor(RolloutWorker, spec, tokenizer, worker_seed(seed, i), gpus > 0, resources=res)
-                        for i in range(cfg.num_rollout_workers)]
-        self.scorer = make_actor(Scorer, spec, reward_spec, reward_offset, tokenizer, gpus > 0, resources=res)
+        self.group = RolloutGroup(self.policy, tokenizer, reward_spec, reward_offset, cfg.num_rollout_workers,
+                                  actor_resources(cfg, cluster_gpus()), seed)
+        self.rollouts = Rollouts(self.group, tokenizer, reward, task, cfg.missing_eos_penalty)
 
     def close(self) -> None:
-        import ray
+        self.group.close()
 
-        for a in [*self.workers, self.scorer]:
-            ray.kill(a)
-        self.workers, self.scorer = [], None
-
-    # rollouts ------------------------------------------------------------------------------
     def push_weights(self) -> None:
-        import ray
+        self.group.push(self.policy)
 
-        ref = ray.put({k: v.detach().cpu() for k, v in self.policy.state_dict().items()})
-        ray.get([w.set_weights.remote(ref) for w in self.workers])
+    def evaluate(self, prompts) -> dict[str, float]:
+        """Held-out prompts, one completion each: mean gold reward (when the task has one),
+        proxy reward and KL(pi || pi_ref) per sequence."""
+        ro = self.rollout(as_prompts(prompts))
+        out = {"eval_proxy_reward": float(ro["scores"].mean()), "eval_kl": float(ro["kl_seq"].mean()),
+               "eval_eos_fraction": float(ro["has_eos"].mean())}
+        if ro["gold"] is not None:
+            out["eval_gold_reward"] = float(np.mean(ro["gold"]))
+        return out
 
-    def generate(self, prompts: list[str]) -> list[list[int]]:
-        import ray
 
-        shards = np.array_split(np.arange(len(prompts)), len(self.workers))
-        futs = [w.generate.remote([prompts[i] for i in s], self.cfg.max_new_tokens)
-                for w, s in zip(self.workers, shards) if len(s)]
-        return [c for part in ray.get(futs) for c in part]
+class PPOLearner(PolicyLearner):
+    """Policy + critic + the frozen-prior actors; ``iteration()`` = rollout, score, update."""
 
-    def rollout(self, prompts: list[str]) -> dict[str, Any]:
-        """Sample, score with the reference and the reward, and compute everything PPO needs."""
-        import ray
+    def __init__(self, cfg: PPOStageConfig, policy, critic, tokenizer, reward_spec: Any, reward_offset: float,
+                 reward=None, task=None, seed: int = 0, device: str = "cpu"):
         import torch
 
-        from rlhf.models import completion_logprobs, pack
+        from rlhf.models import disable_dropout
 
-        comps = self.generate(prompts)
-        prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        ref_logp, scores = ray.get(self.scorer.score.remote(prompt_ids, comps))
-        batch = pack(prompt_ids, comps, self.tok.pad_token_id)
-        batch = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in batch.items()}
+        super().__init__(cfg, policy, tokenizer, reward_spec, reward_offset, reward, task, seed, device)
+        self.critic = critic.to(self.device)
+        disable_dropout(self.critic)
+        self.opt_v = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_learning_rate, eps=1e-5)
+        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+
+    # rollouts ------------------------------------------------------------------------------
+    def rollout(self, prompts) -> dict[str, Any]:
+        """Sample, score with the reference and the reward, and compute everything PPO needs."""
+        import torch
+
+        from rlhf.models import autocast, completion_logprobs
+
+        ro = self.rollouts.sample(as_prompts(prompts), self.cfg.max_new_tokens, self.device)
+        batch = ro["batch"]
         mask = batch["completion_mask"]
-        eos = self.tok.eos_token_id
-        has_eos = torch.tensor([bool(c) and c[-1] == eos for c in comps], device=self.device)
-        scores_t = torch.tensor(np.array(scores), device=self.device).float()
-        penalised = scores_t - self.cfg.missing_eos_penalty * (~has_eos).float()
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.device):
             logp, entropy = completion_logprobs(self.policy, batch)
             values = value_estimates(self.critic, batch)
-        ref = torch.tensor(np.array(ref_logp), device=self.device)
-        rewards, kl = kl_penalized_rewards(logp, ref, penalised, mask, self.kl_ctl.value)
+        rewards, kl = kl_penalized_rewards(logp, ro["ref_logp"], ro["penalised"], mask, self.kl_ctl.value)
         adv, returns = gae(rewards, values, mask, self.cfg.gamma, self.cfg.gae_lambda)
         if self.cfg.normalize_advantages:
             adv = whiten(adv, mask)
-        texts = [p + " " + self.tok.decode(c).strip() for p, c in zip(prompts, comps)]
-        return {"batch": batch, "logp": logp, "values": values, "adv": adv, "returns": returns,
-                "texts": texts, "scores": scores_t, "kl_seq": kl.sum(1), "entropy": masked_mean(entropy, mask),
-                "has_eos": has_eos.float(), "lengths": mask.sum(1).float()}
+        return {**ro, "logp": logp, "values": values, "adv": adv, "returns": returns, "kl_seq": kl.sum(1),
+                "entropy": masked_mean(entropy, mask), "lengths": mask.sum(1).float()}
 
     # the update ----------------------------------------------------------------------------
     def update(self, ro: dict[str, Any]) -> dict[str, float]:
-        import torch
 
-        from rlhf.models import completion_logprobs
+        from rlhf.models import autocast, completion_logprobs
 
         cfg = self.cfg
         B = ro["logp"].shape[0]
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "approx_kl": []}
         self.policy.train()
         self.critic.train()
-        for _ in range(cfg.update_epochs):
-            order = torch.as_tensor(self.rng.permutation(B))
-            for start in range(0, B, cfg.minibatch_size):
-                idx = order[start:start + cfg.minibatch_size]
-                mb = _sub(ro["batch"], idx)
-                mask = mb["completion_mask"]
+        for idx, mb, mask in minibatches(self.rng, ro["batch"], B, cfg.update_epochs, cfg.minibatch_size):
+            with autocast(self.device):
                 logp, _ = completion_logprobs(self.policy, mb)
-                pg_loss, clipfrac, approx_kl = clipped_surrogate(logp, ro["logp"][idx], ro["adv"][idx], mask,
-                                                                 cfg.clip_range)
-                self.opt_pi.zero_grad()
-                pg_loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.opt_pi.step()
+            pg_loss, clipfrac, approx_kl = clipped_surrogate(logp, ro["logp"][idx], ro["adv"][idx], mask,
+                                                             cfg.clip_range)
+            gradient_step(self.policy, self.opt_pi, pg_loss, cfg.max_grad_norm)
+            with autocast(self.device):
                 v = value_estimates(self.critic, mb)
-                v_loss = clipped_value_loss(v, ro["values"][idx], ro["returns"][idx], mask, cfg.value_clip_range)
-                self.opt_v.zero_grad()
-                v_loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-                self.opt_v.step()
-                for k, x in zip(stats, (pg_loss, v_loss, clipfrac, approx_kl)):
-                    stats[k].append(float(x.detach()))
+            v_loss = clipped_value_loss(v, ro["values"][idx], ro["returns"][idx], mask, cfg.value_clip_range)
+            gradient_step(self.critic, self.opt_v, v_loss, cfg.max_grad_norm)
+            for k, x in zip(stats, (pg_loss, v_loss, clipfrac, approx_kl)):
+                stats[k].append(float(x.detach()))
         self.policy.eval()
         self.critic.eval()
         return {k: float(np.mean(v)) for k, v in stats.items()}
 
-    def iteration(self, prompts: list[str], gold_fn=None) -> dict[str, float]:
+    def iteration(self, prompts) -> dict[str, float]:
         t0 = time.perf_counter()
         ro = self.rollout(prompts)
         t1 = time.perf_counter()
@@ -327,22 +393,15 @@ class PPOLearner:
         self.push_weights()
         kl = float(ro["kl_seq"].mean())
         beta = self.kl_ctl.value
-        self.kl_ctl.update(kl, len(prompts))
+        self.kl_ctl.update(kl, ro["logp"].shape[0])
         self.iteration_done += 1
         out = {"proxy_reward": float(ro["scores"].mean()), "kl": kl, "beta": beta,
                "entropy": float(ro["entropy"]), "eos_fraction": float(ro["has_eos"].mean()),
                "completion_length": float(ro["lengths"].mean()), "rollout_s": t1 - t0,
                "iteration_s": time.perf_counter() - t0, **stats}
-        if gold_fn is not None:  # evaluation only: the policy never sees it
-            out["gold_reward"] = float(np.mean([gold_fn(t) for t in ro["texts"]]))
+        if ro["gold"] is not None:  # evaluation only: the policy never sees it
+            out["gold_reward"] = float(np.mean(ro["gold"]))
         return out
-
-    def evaluate(self, prompts: list[str], gold_fn) -> dict[str, float]:
-        """Held-out prompts: mean gold reward, proxy reward and KL(pi || pi_ref) per sequence."""
-        ro = self.rollout(prompts)
-        return {"eval_gold_reward": float(np.mean([gold_fn(t) for t in ro["texts"]])),
-                "eval_proxy_reward": float(ro["scores"].mean()), "eval_kl": float(ro["kl_seq"].mean()),
-                "eval_eos_fraction": float(ro["has_eos"].mean())}
 
     # checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -363,83 +422,97 @@ class PPOLearner:
         self.push_weights()
 
 
-def train_ppo(cfg: PPOStageConfig, sft_dir: Path, reward_dir: Path | None, train_prompts: list[str],
-              eval_prompts: list[str], out_dir: Path, run_dir=None, seed: int = 0, device: str = "auto",
-              log=print) -> dict[str, Any]:
-    """Run PPO from the SFT artifact against the reward model (or the toy reward); save the
-    policy as a ``ppo`` artifact. Resumes from the run dir's latest checkpoint."""
-    import json
-
-    from transformers import AutoModelForSequenceClassification
-
+def policy_loop(learner, iterations: int, batch_size: int, eval_every: int, checkpoint_every: int,
+                train, held, run_dir=None, desc: str = "PPO", log=print) -> tuple[list, dict | None, dict | None]:
+    """The loop PPO and GRPO share: resume from the run dir's latest checkpoint, evaluate the
+    starting policy, then ``learner.iteration`` on seeded random prompt batches with held-out
+    evaluations, metric rows, checkpoints and one progress bar. Returns (rows, first eval,
+    last eval)."""
     from cluster.checkpoint import load_checkpoint
     from cluster.progress import progress
-    from cluster.runtime import select_device
-    from rlhf.actors import model_spec
-    from rlhf.gold import gold_score
-    from rlhf.models import load_policy, load_reward_model, save_artifact
 
-    dev = select_device(device)
-    policy, tok = load_policy(sft_dir, "--sft")
-    if cfg.toy_reward_token:
-        tid = tok.convert_tokens_to_ids(cfg.toy_reward_token)
-        if tid is None or tid == tok.unk_token_id:
-            raise ConfigError(f"ppo.toy_reward_token={cfg.toy_reward_token!r} is not in the tokenizer's vocabulary")
-        reward_spec, offset = ("count", int(tid)), 0.0
-        critic = AutoModelForSequenceClassification.from_pretrained(str(sft_dir), num_labels=1)
-        critic.config.pad_token_id = tok.pad_token_id
-    else:
-        rm, rm_tok = load_reward_model(reward_dir, "--reward")
-        if rm_tok.get_vocab() != tok.get_vocab():
-            raise ConfigError(f"--reward {reward_dir}: its tokenizer differs from the SFT model's ({sft_dir}); "
-                              "train the reward model from this SFT model")
-        offset = float(json.loads((Path(reward_dir) / "reinforge.json").read_text()).get("reward_offset", 0.0))
-        reward_spec = model_spec(rm)
-        critic = rm  # the critic starts from the reward model (a separate copy from the scorer's)
-    learner = PPOLearner(cfg, policy, critic, tok, reward_spec, offset, seed=seed, device=str(dev))
-    try:
-        ckpt = run_dir.latest_checkpoint() if run_dir is not None else None
-        if ckpt is not None:
-            learner.restore(load_checkpoint(ckpt).objects)
-            log(f"resumed PPO at iteration {learner.iteration_done} from {ckpt}")
-        gold = gold_score if not cfg.toy_reward_token else None
-        first = last_eval = None
-        if learner.iteration_done == 0:
-            first = last_eval = learner.evaluate(eval_prompts, gold_score)
+    ckpt = run_dir.latest_checkpoint() if run_dir is not None else None
+    if ckpt is not None:
+        learner.restore(load_checkpoint(ckpt).objects)
+        log(f"resumed {desc} at iteration {learner.iteration_done} from {ckpt}")
+    first = last_eval = None
+    if learner.iteration_done == 0:
+        first = last_eval = learner.evaluate(held)
+        if run_dir is not None:
+            run_dir.log(first, step=0)
+    history = []
+    with progress(total=iterations, desc=desc, unit="it", initial=learner.iteration_done) as bar:
+        while learner.iteration_done < iterations:
+            idx = learner.rng.choice(len(train), size=batch_size, replace=len(train) < batch_size)
+            m = learner.iteration(train.take(idx))
+            it = learner.iteration_done
+            if it % eval_every == 0 or it == iterations:
+                last_eval = learner.evaluate(held)
+                m.update(last_eval)
+            history.append(m)
             if run_dir is not None:
-                run_dir.log(first, step=0)
-        history = []
-        with progress(total=cfg.iterations, desc="PPO", unit="it", initial=learner.iteration_done) as bar:
-            while learner.iteration_done < cfg.iterations:
-                idx = learner.rng.choice(len(train_prompts), size=cfg.batch_size,
-                                         replace=len(train_prompts) < cfg.batch_size)
-                m = learner.iteration([train_prompts[i] for i in idx], gold)
-                it = learner.iteration_done
-                if it % cfg.eval_every == 0 or it == cfg.iterations:
-                    last_eval = learner.evaluate(eval_prompts, gold_score)
-                    m.update(last_eval)
-                history.append(m)
-                if run_dir is not None:
-                    run_dir.log(m, step=it)
-                    if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                        run_dir.save_checkpoint(it, learner.state(), keep=2)
-                # proxy and gold of the same training samples: the gap between them is over-optimisation
-                shown = {"gold": m["gold_reward"]} if "gold_reward" in m else {}
-                bar.update(1, proxy=m["proxy_reward"], **shown, kl=m["kl"])
-        policy = learner.policy.to("cpu")
-        policy.config.use_cache = True
-        save_artifact(policy, tok, out_dir, "ppo", parent={"sft": str(sft_dir), "reward": str(reward_dir)},
-                      kl_coef=cfg.kl_coef, iterations=learner.iteration_done)
-    finally:
-        learner.close()
-    out = {"iterations": learner.iteration_done, "final_beta": learner.kl_ctl.value}
+                run_dir.log(m, step=it)
+                if it % checkpoint_every == 0 or it == iterations:
+                    run_dir.save_checkpoint(it, learner.state(), keep=2)
+            # proxy and gold of the same training samples: the gap between them is over-optimisation
+            shown = {"gold": m["gold_reward"]} if "gold_reward" in m else {}
+            bar.update(1, reward=m["proxy_reward"], **shown, kl=m["kl"])
+    return history, first, last_eval
+
+
+def loop_result(learner, history: list, first: dict | None, last_eval: dict | None, trained: str) -> dict[str, Any]:
+    """The final metrics of a PPO or GRPO run: ``sft_*`` (the starting policy) and ``<trained>_*``
+    on the same held-out prompts, and the gold gain between them."""
+    out: dict[str, Any] = {"iterations": learner.iteration_done}
     if history:
         out["iteration_s"] = float(np.mean([h["iteration_s"] for h in history]))
         out["final_proxy_reward"] = history[-1]["proxy_reward"]
     if first:
         out.update({f"sft_{k.removeprefix('eval_')}": v for k, v in first.items()})
     if last_eval:
-        out.update({f"ppo_{k.removeprefix('eval_')}": v for k, v in last_eval.items()})
-    if first and last_eval:  # what PPO added over its starting point, on the same held-out prompts
-        out["gold_gain"] = out["ppo_gold_reward"] - out["sft_gold_reward"]
+        out.update({f"{trained}_{k.removeprefix('eval_')}": v for k, v in last_eval.items()})
+    if first and last_eval and "eval_gold_reward" in first:  # what RL added over its start, same prompts
+        out["gold_gain"] = out[f"{trained}_gold_reward"] - out["sft_gold_reward"]
+    return out
+
+
+def train_ppo(cfg: PPOStageConfig, sft_dir: Path, reward_dir: Path | None, train, held, out_dir: Path,
+              run_dir=None, seed: int = 0, device: str = "auto", log=print, reward=None, task=None,
+              allow_pickle: bool = False) -> dict[str, Any]:
+    """Run PPO from the SFT artifact against the reward (a reward model, a function, both, or
+    the toy token count); save the policy as a ``ppo`` artifact. Resumes from the run dir's
+    latest checkpoint."""
+    from cluster.runtime import select_device
+    from rlhf.models import finished_policy, load_policy, save_artifact
+    from rlhf.rewards import Reward, critic_from_sft, reward_model_spec
+
+    dev = select_device(device)
+    policy, tok = load_policy(sft_dir, "--sft", allow_pickle)
+    reward = reward if reward is not None else Reward(has_model=True)
+    if cfg.toy_reward_token:
+        tid = tok.convert_tokens_to_ids(cfg.toy_reward_token)
+        if tid is None or tid == tok.unk_token_id:
+            raise ConfigError(f"ppo.toy_reward_token={cfg.toy_reward_token!r} is not in the tokenizer's vocabulary")
+        reward_spec, offset, critic = ("count", int(tid)), 0.0, critic_from_sft(sft_dir, tok, allow_pickle)
+        reward.has_model = True
+    elif reward_dir is not None:
+        rm, reward_spec, offset = reward_model_spec(reward_dir, tok, sft_dir, allow_pickle)
+        critic = rm  # the critic starts from the reward model (a separate copy from the scorer's)
+    else:
+        reward_spec, offset, critic = None, 0.0, critic_from_sft(sft_dir, tok, allow_pickle)
+    learner = PPOLearner(cfg, policy, critic, tok, reward_spec, offset, reward=reward, task=task, seed=seed,
+                         device=str(dev))
+    try:
+        history, first, last_eval = policy_loop(learner, cfg.iterations, cfg.batch_size, cfg.eval_every,
+                                                cfg.checkpoint_every, as_prompts(train), as_prompts(held), run_dir,
+                                                "PPO", log)
+        policy = finished_policy(learner.policy.to("cpu"), cfg)
+        save_artifact(policy, tok, out_dir, "ppo", task=task.stamp() if task is not None else None,
+                      parent={"sft": str(sft_dir), "reward": str(reward_dir) if reward_dir else None,
+                              "reward_fn": reward.fn_name or None},
+                      kl_coef=cfg.kl_coef, iterations=learner.iteration_done)
+    finally:
+        learner.close()
+    out = loop_result(learner, history, first, last_eval, "ppo")
+    out["final_beta"] = learner.kl_ctl.value
     return out

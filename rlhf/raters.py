@@ -12,21 +12,18 @@ pair. Because the labelling model is known, the best
 accuracy any reward model can reach on these pairs is known too (``bayes_optimal_accuracy``).
 The output is a ``datasets`` preference set in TRL's format: ``prompt``, ``chosen``,
 ``rejected`` (plus the gold scores, for evaluation only). User preference files in the same
-format are read by ``load_preferences``.
+format are read by rlhf/data.py (``data.preferences``).
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cluster.errors import ConfigError, ReinforgeError
-
-REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+from cluster.errors import ConfigError
 
 
 @dataclass
@@ -37,7 +34,6 @@ class RaterConfig:
     temperature: float = 0.5  # T of the Bradley-Terry labeller; lower = less noisy labels
     max_new_tokens: int = 112
     profiles: list[str] = field(default_factory=lambda: ["gold"])  # rater kinds, one drawn per round (rlhf.gold.RATER_PROFILES)
-    preferences: str | None = None  # a user preference set (json/jsonl/csv/parquet or a saved dataset dir)
 
     def validate(self) -> None:
         if self.pairs_per_prompt < 1:
@@ -48,6 +44,8 @@ class RaterConfig:
             raise ConfigError("raters.temperature must be > 0 (e.g. 0.5)")
         if self.max_new_tokens < 1:
             raise ConfigError("raters.max_new_tokens must be >= 1")
+        if self.train_prompts is not None and self.train_prompts < 1:
+            raise ConfigError(f"raters.train_prompts must be >= 1 (or null for every train melody), got {self.train_prompts}")
         from rlhf.gold import RATER_PROFILES
 
         bad = [p for p in self.profiles if p not in RATER_PROFILES]
@@ -134,34 +132,3 @@ def simulate_preferences(model, tokenizer, prompts: list[str], cfg: RaterConfig,
                        pick(gold, a), pick(gold, b), cfg.temperature, rng, pick(rater, a), pick(rater, b),
                        [who[n // k] for n in a] if divergent else None)
     return datasets.Dataset.from_list(rows)
-
-
-def load_preferences(path: str | Path):
-    """A user preference set in TRL's format, from local files or a ``save_to_disk`` dir."""
-    import datasets
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ReinforgeError(f"preference set {path}: no such file or directory; expected a json/jsonl/csv/"
-                             "parquet file or a saved dataset dir with prompt, chosen, rejected")
-    try:
-        if p.is_dir():
-            ds = datasets.load_from_disk(str(p))
-        else:
-            kind = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}.get(p.suffix)
-            if kind is None:
-                raise ReinforgeError(f"preference set {path}: unknown file type {p.suffix!r}; "
-                                     "use .json, .jsonl, .csv or .parquet")
-            ds = datasets.load_dataset(kind, data_files=str(p), split="train")
-    except ReinforgeError:
-        raise
-    except Exception as exc:
-        raise ReinforgeError(f"preference set {path}: cannot read it ({type(exc).__name__}); expected "
-                             "prompt, chosen, rejected columns") from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise ReinforgeError(f"preference set {path}: missing column(s) {', '.join(missing)}; expected "
-                             f"{', '.join(REQUIRED_COLUMNS)} (TRL's explicit-prompt preference format)")
-    return ds

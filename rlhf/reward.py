@@ -50,6 +50,8 @@ class RewardStageConfig:
             raise ConfigError("reward.texts_per_batch must be >= 2 (one chosen and one rejected text)")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ConfigError("reward.heldout_fraction must be in (0, 1)")
+        if self.logging_steps < 1:
+            raise ConfigError(f"reward.logging_steps must be >= 1, got {self.logging_steps}")
 
 
 def bradley_terry_loss(r_chosen, r_rejected):
@@ -76,18 +78,26 @@ def init_reward_head(model) -> None:
         torch.nn.init.zeros_(head.bias)
 
 
-def reward_model_from_sft(sft_dir: Path, dropout: bool = True):
+def reward_model_from_sft(sft_dir: Path, dropout: bool = True, task=None, allow_pickle: bool = False):
+    """The SFT transformer with a fresh scalar head (``AutoModelForSequenceClassification``,
+    one label)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.models import check_tokenizer, disable_dropout, load_tokenizer
+    from rlhf.models import _weights_check, check_tokenizer, disable_dropout, load_tokenizer
 
-    tok = load_tokenizer(sft_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(str(sft_dir), num_labels=1)
+    if (Path(sft_dir) / "adapter_config.json").is_file():
+        raise ConfigError(f"--sft {sft_dir}: holds a LoRA adapter alone; the reward model starts from a whole "
+                          "model: re-run SFT with sft.merge_lora=true")
+    tok = load_tokenizer(sft_dir, "--sft")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(sft_dir), num_labels=1, use_safetensors=_weights_check(sft_dir, "--sft", allow_pickle))
     model.config.pad_token_id = tok.pad_token_id
     init_reward_head(model)
     if not dropout:
         disable_dropout(model)
     check_tokenizer(tok, model, f"--sft {sft_dir}")
+    if task is not None:
+        task.check_tokenizer(tok, f"--sft {sft_dir}")
     return model, tok
 
 
@@ -283,11 +293,14 @@ def divergent_raters_report(rc, rr, ds, temperature: float | None) -> dict[str, 
 
 
 def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pairs, out_dir: Path,
-                 run_dir=None, seed: int = 0, device: str = "auto", temperature: float | None = None) -> dict[str, Any]:
-    """Train on ``train_pairs``, centre on the distinct SFT samples they compare, evaluate, save."""
-    from rlhf.models import save_artifact
+                 run_dir=None, seed: int = 0, device: str = "auto", temperature: float | None = None,
+                 task=None, allow_pickle: bool = False) -> dict[str, Any]:
+    """Train on ``train_pairs``, centre on the distinct SFT samples they compare (the offset
+    folded into the model's weights where the architecture allows, ``fold_offset``), evaluate,
+    save."""
+    from rlhf.models import fold_offset, save_artifact
 
-    model, tok = reward_model_from_sft(sft_dir, dropout=not cfg.disable_dropout)
+    model, tok = reward_model_from_sft(sft_dir, dropout=not cfg.disable_dropout, task=task, allow_pickle=allow_pickle)
     if cfg.trainer == "grouped":
         train_loss = train_grouped(cfg, model, tok, train_pairs, run_dir, seed, device)
     else:
@@ -295,10 +308,12 @@ def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pai
     model = model.to("cpu")
     model.eval()
     rc, rr, offset = pair_scores(model, tok, train_pairs)  # one pass: accuracy and the centring offset
+    folded = fold_offset(model, offset)
+    left = 0.0 if folded else offset
     metrics = {"train_loss": train_loss, "reward_offset": offset, "train_accuracy": bt_accuracy(rc, rr)}
-    metrics.update(evaluate_pairs(model, tok, heldout_pairs, offset, temperature))
-    save_artifact(model, tok, out_dir, "reward", reward_offset=offset, parent={"sft": str(sft_dir)},
-                  heldout=metrics)
+    metrics.update(evaluate_pairs(model, tok, heldout_pairs, left, temperature))
+    save_artifact(model, tok, out_dir, "reward", task=task.stamp() if task is not None else None,
+                  reward_offset=offset, offset_folded=folded, parent={"sft": str(sft_dir)}, heldout=metrics)
     return metrics
 
 

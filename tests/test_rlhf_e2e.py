@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-DATA = ["--set", "data.max_songs=40", "--set", "data.max_tokens=96"]
+DATA = ["--set", "data.melody.max_songs=40", "--set", "data.melody.max_tokens=96"]
 TINY_SFT = ["--set", "sft.max_steps=25", "--set", "sft.n_embd=64", "--set", "sft.logging_steps=5"]
 # 8 completions per prompt (28 pairs each) and 12 epochs: held-out accuracy 0.58-0.64 over run.seed 0-3
 # on about 110 held-out pairs (Bayes-optimal 0.70-0.83); 4 completions gave 24 pairs and 0.54-0.58.
@@ -121,7 +121,7 @@ def test_ppo_logs_its_curve_and_saves_a_ppo_artifact(stages):
     assert res["gold_gain"] == pytest.approx(res["ppo_gold_reward"] - res["sft_gold_reward"])
     assert (ppo.dir / "plots" / "gold_vs_kl.png").is_file()
     assert json.loads((ppo.dir / "model" / "reinforge.json").read_text())["stage"] == "ppo"
-    assert "PPO: 2/2 it (100%)" in ppo.res.stderr and "proxy=" in ppo.res.stderr
+    assert "PPO: 2/2 it (100%)" in ppo.res.stderr and "reward=" in ppo.res.stderr
 
 
 def test_eval_finds_reference_and_reward_from_the_lineage(stages):
@@ -149,7 +149,8 @@ def test_wrong_artifacts_are_refused_in_one_line(sft_run, cli, cache, tmp_path):
     bad.write_text(json.dumps({"prompt": "<bos> <major> p60 d1 |", "rejected": " p60 d1 <eos>"}) + "\n")
     res = cli("rlhf", "reward", "--sft", str(sft_run), "--preferences", str(bad), "--run-dir", str(tmp_path / "z"),
               *DATA, env=cache)
-    assert res.returncode == 1 and "missing column(s) chosen" in res.stderr.strip().splitlines()[-1]
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "chosen" in last and "columns found" in last, res.stderr[-500:]
 
 
 def test_ppo_raises_a_toy_reward_within_a_few_iterations(sft_run, ray_session, cache, monkeypatch):
@@ -170,6 +171,7 @@ def test_ppo_raises_a_toy_reward_within_a_few_iterations(sft_run, ray_session, c
     cfg = PPOStageConfig(batch_size=32, minibatch_size=16, max_new_tokens=24, learning_rate=1e-3,
                          critic_learning_rate=1e-3, kl_coef=0.01, missing_eos_penalty=0.0, update_epochs=4)
     learner = PPOLearner(cfg, policy, critic, tok, ("count", tok.convert_tokens_to_ids("d0.5")), 0.0, seed=0)
+    assert learner.rollouts.reward.has_model  # the toy count comes from the scorer
     try:
         rng = np.random.default_rng(0)
         rewards = []

@@ -22,7 +22,7 @@ from rlhf.ppo import (
     kl_penalized_rewards,
     whiten,
 )
-from rlhf.raters import bayes_optimal_accuracy, load_preferences, preference_probability, round_pairs
+from rlhf.raters import bayes_optimal_accuracy, preference_probability, round_pairs
 from rlhf.reward import bradley_terry_loss, bt_accuracy, grouped_batches, preference_groups
 
 
@@ -33,9 +33,13 @@ def mel(*notes: str, mode: str = "major", eos: bool = True) -> str:
 
 # --- data and tokeniser ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def melodies(tmp_path_factory):
-    cfg = MelodyDataConfig(max_songs=25, cache_dir=str(tmp_path_factory.mktemp("melodies")))
-    return load_melodies(cfg, log=None)
+def melodies_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("melodies"))
+
+
+@pytest.fixture(scope="module")
+def melodies(melodies_cache):
+    return load_melodies(MelodyDataConfig(max_songs=25, cache_dir=melodies_cache), log=None)
 
 
 def test_tokenizer_round_trips_real_corpus_melodies(melodies, tmp_path):
@@ -219,32 +223,24 @@ def test_reward_trainers_learn_a_token_preference(tmp_path, trainer):
     assert json.loads((tmp_path / "rm" / "reinforge.json").read_text())["stage"] == "reward"
 
 
-def test_sft_with_lora_on_a_local_model_dir_trains_only_the_adapted_layers(melodies, tmp_path):
+def test_sft_with_lora_on_a_local_model_dir_trains_only_the_adapted_layers(melodies, melodies_cache, tmp_path):
     """`sft.model=DIR sft.lora_r=4`: peft LoRA on c_attn/c_proj, merged into a plain HF artifact."""
     from rlhf.models import load_policy, save_artifact, tiny_gpt2
     from rlhf.sft import SFTStageConfig, train_sft
+    from rlhf.tasks import MelodyTask, RLHFDataConfig
 
     tok = build_tokenizer()
     torch.manual_seed(0)
     base = tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2, n_positions=256)
     save_artifact(base, tok, tmp_path / "base", "sft")
     cfg = SFTStageConfig(model=str(tmp_path / "base"), lora_r=4, max_steps=4, batch_size=4, learning_rate=1e-2)
-    train_sft(cfg, melodies, tmp_path / "out", device="cpu")
+    task = MelodyTask(RLHFDataConfig(melody=MelodyDataConfig(max_songs=25, cache_dir=melodies_cache)), log=None)
+    train_sft(cfg, task, tmp_path / "out", device="cpu")
     tuned, _ = load_policy(tmp_path / "out")
     before, after = base.state_dict(), tuned.state_dict()
     assert torch.equal(before["transformer.wte.weight"], after["transformer.wte.weight"])  # frozen
     assert not torch.equal(before["transformer.h.0.attn.c_attn.weight"], after["transformer.h.0.attn.c_attn.weight"])
     assert not any("lora" in k for k in after)  # adapters merged: a plain GPT-2 the next stage can read
-
-
-def test_preference_file_missing_chosen_is_refused(tmp_path):
-    f = tmp_path / "prefs.jsonl"
-    f.write_text(json.dumps({"prompt": "<bos> <major> p60 d1 |", "rejected": " p62 d1 <eos>"}) + "\n")
-    with pytest.raises(ReinforgeError, match="missing column\\(s\\) chosen"):
-        load_preferences(f)
-    good = tmp_path / "ok.jsonl"
-    good.write_text(json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
-    assert load_preferences(good).column_names == ["prompt", "chosen", "rejected"]
 
 
 # --- PPO equations on hand-computed tensors ----------------------------------------------
@@ -353,5 +349,5 @@ def test_bad_configs_are_refused():
 
     with pytest.raises(ConfigError, match="minibatch_size"):
         PPOStageConfig(batch_size=8, minibatch_size=16).validate()
-    with pytest.raises(ConfigError, match="data.files: no file 'kinderr'.*did you mean 'kinder0'"):
+    with pytest.raises(ConfigError, match="data.melody.files: no file 'kinderr'.*did you mean 'kinder0'"):
         load_melodies(MelodyDataConfig(files=["kinderr"], cache_dir="/nonexistent-cache"), log=None)
