@@ -27,6 +27,7 @@ def register(sub) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     names = available()
+    args.name = args.name.replace("-", "_")  # rlhf-arithmetic runs bench_rlhf_arithmetic.py
     if args.list:
         print("\n".join(names) if names else "no benchmarks found")
         return 0
