@@ -78,6 +78,8 @@ class ArithmeticConfig:
                               f"got {self.train_size} and {self.eval_size}")
         if not 0.0 <= self.error_rate <= 1.0:
             raise ConfigError(f"data.arithmetic.error_rate must be in [0, 1], got {self.error_rate}")
+        if self.seed < 0:
+            raise ConfigError(f"data.arithmetic.seed must be >= 0, got {self.seed}")
         n = pool_size(self)
         if self.train_size + self.eval_size > n:
             raise ConfigError(f"data.arithmetic: train_size + eval_size = {self.train_size + self.eval_size} but only "
