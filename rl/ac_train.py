@@ -36,8 +36,11 @@ def train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int = 0, device: s
     from cluster.runtime import select_device
 
     dev = select_device(device)
-    # the cores the rollout actors do not hold (oversubscribing is far slower)
-    cores = free_cores(rollout_cfg.num_workers, rollout_cfg.cpus_per_worker) if dev.type == "cpu" else None
+    # synchronous: the workers wait for the new weights while the learner updates, so the update
+    # gets every core; overlapped: they sample meanwhile, so only the cores they do not hold
+    # (oversubscribing is far slower)
+    running = rollout_cfg.num_workers if cfg.overlap_rollouts else 0
+    cores = free_cores(running, rollout_cfg.cpus_per_worker) if dev.type == "cpu" else None
     with learner_threads(cores):
         return _train(env_cfg, rollout_cfg, cfg, run_dir, seed, dev, keep_checkpoints)
 
@@ -89,8 +92,11 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
             lr = annealed_lr(cfg, env_steps)
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
-            group.put_weights(model.state_dict())  # one ray.put, shared by every worker
-            segments = group.sample(cfg.rollout_length)
+            if not cfg.overlap_rollouts:
+                group.put_weights(model.state_dict())  # one ray.put, shared by every worker
+            elif updates == 0 or not group.busy():  # the first rollout (or every request was lost)
+                group.put_weights(model.state_dict())
+            segments = group.sample(cfg.rollout_length)  # waits for the requests in flight
             if not segments:
                 raise ReinforgeError("every rollout worker died in this iteration; "
                                      "check memory (fewer rollout.envs_per_worker) or raise rollout.max_restarts")
@@ -101,6 +107,10 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
                 games += len(seg["game_returns"])
                 seg["last_values"] = model.values(seg["last_obs"])  # V(s_T) for bootstrapping, same weights
             batch = flatten_rollouts(segments, cfg.gamma, cfg.gae_lambda)
+            if cfg.overlap_rollouts and env_steps + int(batch["actions"].shape[0]) < cfg.total_steps:
+                # one step off-policy: the next rollout starts now, with the weights before this update
+                group.put_weights(model.state_dict())
+                group.fill(1, cfg.rollout_length)
             model.train()
             stats = update(model, optimizer, batch, cfg, dev, generator)
             model.eval()

@@ -61,6 +61,9 @@ class ACConfig:
     init_encoder: str | None = None  # safetensors torso (file or run dir with encoder/torso.safetensors)
     checkpoint_every: int = 100_000  # env steps between checkpoints (0: only at the end)
     log_every: int = 1  # updates between metric rows
+    # true: the workers sample the next rollout during the update, acting with weights one
+    # update old (more env steps/s; PPO's ratio is taken against the acting policy)
+    overlap_rollouts: bool = False
     eval_episodes: int = 10  # greedy episodes at the end of training (0: skip)
     eval_epsilon: float = 0.0  # epsilon of the final evaluation (Atari: use 0.001-0.05)
     eval_max_steps: int = 108_000  # per evaluation episode

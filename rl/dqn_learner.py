@@ -85,7 +85,8 @@ def train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir, 
     from cluster.runtime import select_device
 
     dev = select_device(device)
-    # leave the cores the workers reserved to them
+    # leave the cores the workers reserved to them (``_train`` hands the learner the cores of
+    # workers that wait for it, burst by burst)
     with learner_threads(free_cores(roll_cfg.num_workers, roll_cfg.cpus_per_worker) if dev.type == "cpu" else None):
         return _train(env_cfg, roll_cfg, cfg, run_dir, seed, dev, keep_checkpoints, on_log)
 
@@ -186,6 +187,10 @@ def _train(env_cfg: EnvConfig, roll_cfg: RolloutConfig, cfg: DQNConfig, run_dir,
             # caught up (restarted workers whose requests were lost get new ones here too)
             if due <= max_lag:
                 group.fill(depth, epsilon=epsilon())
+            if dev.type == "cpu" and due >= 1.0:  # the cores of workers that wait for the learner are free
+                cores = free_cores(group.running_workers(), roll_cfg.cpus_per_worker)
+                if cores != torch.get_num_threads():
+                    torch.set_num_threads(cores)
             for _ in range(min(int(due), 16)):
                 batch = replay.sample(cfg.batch_size, beta())
                 last_metrics, td = q_update(online, target, optimizer, _to_device(batch, dev), cfg.double_q,

@@ -290,6 +290,14 @@ class RolloutGroup:
         """Requests queued or running on worker ``i``."""
         return sum(1 for w, _ in self._inflight.values() if w == i)
 
+    def busy(self) -> bool:
+        """Whether any request is queued or running."""
+        return bool(self._inflight)
+
+    def running_workers(self) -> int:
+        """How many workers have a request queued or running (the rest wait for the learner)."""
+        return len({w for w, _ in self._inflight.values()})
+
     def idle_workers(self) -> list[int]:
         busy = {w for w, _ in self._inflight.values()}
         return [i for i in range(len(self.workers)) if i not in busy]

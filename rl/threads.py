@@ -1,6 +1,8 @@
-"""The learner's torch thread count: the cores the rollout actors do not hold, for the update
-only. Intra-op threads that outnumber the free cores spin and stall an update many times over,
-and tests and Tune trials share a process, so the caller's setting comes back afterwards."""
+"""The learner's torch thread count: every core while the rollout actors wait for its weights
+(a synchronous A2C/PPO update: the workers are idle, so their cores are free), only the cores
+the actors do not hold while they run (DQN's asynchronous sampling, an overlapped rollout).
+Intra-op threads that outnumber the free cores spin and stall an update many times over, and
+tests and Tune trials share a process, so the caller's setting comes back afterwards."""
 
 from __future__ import annotations
 
@@ -12,9 +14,14 @@ from contextlib import contextmanager
 import torch
 
 
+def all_cores() -> int:
+    return os.cpu_count() or 1
+
+
 def free_cores(num_workers: int, cpus_per_worker: float) -> int:
-    """Cores left to the learner once the workers' reservations (a fraction counts whole) are out."""
-    return max(1, (os.cpu_count() or 1) - math.ceil(num_workers * cpus_per_worker))
+    """Cores left to the learner once running workers' reservations (a fraction counts whole)
+    are out; ``num_workers`` = 0 (every worker waiting for the learner) gives every core."""
+    return max(1, all_cores() - math.ceil(num_workers * cpus_per_worker))
 
 
 @contextmanager
