@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--list", action="store_true", help="list the benchmarks")
     p.add_argument("--quick", action="store_true", help="smallest sizes (a smoke run)")
     p.add_argument("--out", default="bench-results", help="directory for the JSON results")
+    p.add_argument("--require-gpu", action="store_true", help="gpu: exit 2 when no CUDA GPU is visible (else it says so, exit 0)")
+    p.add_argument("args", nargs=argparse.REMAINDER,
+                   help="after --: arguments for the benchmark script (e.g. bench atari-learning -- --game Pong)")
     p.set_defaults(handler=handle)
 
 
@@ -43,6 +46,9 @@ def handle(args: argparse.Namespace) -> int:
             cmd = [sys.executable, str(BENCH_DIR / f"bench_{name}.py"), "--out", args.out]
             if args.quick:
                 cmd.append("--quick")
+            if args.require_gpu and name == "gpu":
+                cmd.append("--require-gpu")
+            cmd += [a for a in args.args if a != "--"]
             print(f"== bench {name}: {' '.join(cmd)}", flush=True)
             rc = subprocess.call(cmd)
             status = max(status, rc)
