@@ -63,6 +63,44 @@ def bench_reinforge(timed_steps: int, seed: int = 0) -> dict:
     return _window(marks, warm)
 
 
+def bench_update_bound(updates: int, threads: int, seed: int = 0) -> dict:
+    """The same update arithmetic alone: Double-Q Huber steps on batches of 32 Pong stacks
+    (the online and target Nature CNNs, Adam, grad clip), on ``threads`` torch threads, no env,
+    no Ray. At one update per 1/replay_ratio env steps this bounds the loop's env steps/s."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from rl.dqn import DQNConfig, build_q_network, q_update
+    from rl.dqn_learner import net_spec
+    from rl.envs import EnvConfig, make_vector_env
+    from rl.threads import learner_threads
+
+    probe = make_vector_env(EnvConfig(id=ENV_ID), 1, seed=seed, training=True)
+    obs_space, n = probe.single_observation_space, int(probe.single_action_space.n)
+    probe.close()
+    online = build_q_network(obs_space, n, **net_spec(DQNConfig(algo="ddqn")))
+    target = copy.deepcopy(online).requires_grad_(False)
+    opt = torch.optim.Adam(online.parameters(), lr=LR, eps=ADAM_EPS)
+    rng = np.random.default_rng(seed)
+    shape = (BATCH, *obs_space.shape)
+    batch = {"obs": torch.as_tensor(rng.integers(0, 255, shape, dtype=np.uint8)),
+             "next_obs": torch.as_tensor(rng.integers(0, 255, shape, dtype=np.uint8)),
+             "actions": torch.as_tensor(rng.integers(0, n, BATCH)), "returns": torch.randn(BATCH),
+             "dones": torch.zeros(BATCH), "discounts": torch.full((BATCH,), GAMMA), "weights": torch.ones(BATCH)}
+    with learner_threads(threads):
+        for _ in range(8):
+            q_update(online, target, opt, batch, True, GRAD_CLIP)
+        t0 = time.perf_counter()
+        for _ in range(updates):
+            q_update(online, target, opt, batch, True, GRAD_CLIP)
+        secs = time.perf_counter() - t0
+    return {"env_steps_per_s": updates / secs / REPLAY_RATIO, "updates_per_s": updates / secs,
+            "updates_per_env_step": REPLAY_RATIO, "timed_env_steps": int(updates / REPLAY_RATIO), "seconds": secs,
+            "threads": threads}
+
+
 def _window(marks: list[tuple[float, int, int]], warm: int) -> dict:
     """Rate between the first mark at or past ``warm`` env steps and the last mark."""
     start = next((m for m in marks if m[1] >= warm), None)
@@ -165,19 +203,27 @@ def main() -> None:
     from cluster.runtime import connect, shutdown
 
     ours_steps, rllib_steps, rllib_s = (2_048, 1_024, 40.0) if args.quick else (8_192, 4_096, 180.0)
+    from rl.threads import free_cores
+
     connect(num_cpus=2)
     try:
         rllib = bench_rllib(rllib_steps, rllib_s)
         ours = bench_reinforge(ours_steps)
     finally:
         shutdown()
+    # the learner's threads while its one actor samples (the actor never waits at this ratio)
+    bound = bench_update_bound(256 if args.quick else 1024, free_cores(1, 1.0))
     rows = [
-        {"system": "reinforge DDQN (1 actor x 8 envs + learner)", **ours},
-        {"system": "RLlib DQN new stack (1 env runner x 8 envs + local learner)", **rllib},
+        {"system": "reinforge DDQN (1 actor x 8 envs + learner)", **ours, "of_bound": ours["env_steps_per_s"]
+         / bound["env_steps_per_s"]},
+        {"system": "RLlib DQN new stack (1 env runner x 8 envs + local learner)", **rllib,
+         "of_bound": rllib["env_steps_per_s"] / bound["env_steps_per_s"]},
+        {"system": f"bound: the update alone, {bound['threads']} thread(s), 4 env steps per update", **bound},
     ]
     for r in rows:
         r["vs_rllib"] = r["env_steps_per_s"] / rllib["env_steps_per_s"]
-    print_table(rows, ["system", "env_steps_per_s", "updates_per_env_step", "timed_env_steps", "vs_rllib"],
+    print_table(rows, ["system", "env_steps_per_s", "updates_per_env_step", "timed_env_steps", "vs_rllib",
+                       "of_bound"],
                 title="Pong Double DQN training throughput (timed after learning starts)")
     print(f"wrote {write_results('dqn', rows, args.out, env=ENV_ID, envs=ENVS, batch=BATCH, replay_ratio=REPLAY_RATIO)}")
 

@@ -59,7 +59,7 @@ def _window(marks: list[tuple[float, int]]) -> dict:
             "iterations": len(marks) - 1}
 
 
-def bench_reinforge(rollout_length: int, iterations: int, seed: int = 0) -> dict:
+def bench_reinforge(rollout_length: int, iterations: int, seed: int = 0, overlap: bool = False) -> dict:
     from cluster.rundir import RunDir
     from rl.ac_train import train
     from rl.envs import EnvConfig
@@ -67,9 +67,46 @@ def bench_reinforge(rollout_length: int, iterations: int, seed: int = 0) -> dict
     marks: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "run", tensorboard=False) as rd:
         rd.add_listener(lambda row: marks.append((time.perf_counter(), int(row["env_steps"]))))
-        train(EnvConfig(id=ENV_ID), rollout_config(), ac_config(rollout_length, iterations + 1), rd, seed=seed,
-              device="cpu")
+        cfg = ac_config(rollout_length, iterations + 1)
+        cfg.overlap_rollouts = overlap
+        train(EnvConfig(id=ENV_ID), rollout_config(), cfg, rd, seed=seed, device="cpu")
     return _window(marks)
+
+
+def bench_update_bound(rollout_length: int, iterations: int, threads: int, seed: int = 0) -> dict:
+    """The same update arithmetic alone: the PPO update (forward and backward over the same
+    batch and minibatch shapes, same network, optimizer and epochs) on a synthetic batch, on
+    ``threads`` torch threads, no env, no Ray. Its env steps/s (batch / update time) bounds
+    what the whole loop can reach when sampling is fully hidden behind the update."""
+    import numpy as np
+    import torch
+
+    from rl.actor_critic import build_actor_critic, make_optimizer, update
+    from rl.envs import EnvConfig, make_vector_env
+    from rl.threads import learner_threads
+
+    probe = make_vector_env(EnvConfig(id=ENV_ID), 1, seed=seed, training=True)
+    obs_space, act_space = probe.single_observation_space, probe.single_action_space
+    probe.close()
+    cfg = ac_config(rollout_length, iterations)
+    model = build_actor_critic(obs_space, act_space, cfg)
+    optimizer = make_optimizer(model, cfg)
+    rng = np.random.default_rng(seed)
+    B = rollout_length * ENVS
+    batch = {"obs": rng.integers(0, 255, (B, *obs_space.shape), dtype=np.uint8),
+             "actions": rng.integers(0, act_space.n, B), "logprobs": np.full(B, -np.log(act_space.n), np.float32),
+             "values": rng.standard_normal(B).astype(np.float32),
+             "advantages": rng.standard_normal(B).astype(np.float32),
+             "returns": rng.standard_normal(B).astype(np.float32)}
+    generator = torch.Generator().manual_seed(seed)
+    with learner_threads(threads):
+        update(model, optimizer, batch, cfg, torch.device("cpu"), generator)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            update(model, optimizer, batch, cfg, torch.device("cpu"), generator)
+        secs = (time.perf_counter() - t0) / iterations
+    return {"env_steps_per_s": B / secs, "timed_env_steps": B * iterations, "seconds": secs * iterations,
+            "iterations": iterations, "threads": threads}
 
 
 def bench_rllib(rollout_length: int, iterations: int, seed: int = 0) -> dict:
@@ -97,20 +134,33 @@ def main() -> None:
     from cluster.runtime import connect, shutdown
 
     rollout_length, ours_iters, rllib_iters = (32, 3, 2) if args.quick else (128, 8, 4)
+    from rl.threads import all_cores, free_cores
+
     connect(num_cpus=2)
     try:
         rllib = bench_rllib(rollout_length, rllib_iters)
         ours = bench_reinforge(rollout_length, ours_iters)
+        overlapped = bench_reinforge(rollout_length, ours_iters, overlap=True)
     finally:
         shutdown()
+    roll = rollout_config()
+    sync_bound = bench_update_bound(rollout_length, ours_iters, all_cores())
+    overlap_bound = bench_update_bound(rollout_length, ours_iters, free_cores(roll.num_workers, roll.cpus_per_worker))
     rows = [
-        {"system": "reinforge PPO (1 actor x 8 envs + learner)", **ours},
+        {"system": "reinforge PPO (1 actor x 8 envs + learner on every core)", **ours,
+         "bound": sync_bound["env_steps_per_s"]},
+        {"system": "reinforge PPO, rollouts overlapped (one step off-policy)", **overlapped,
+         "bound": overlap_bound["env_steps_per_s"]},
         {"system": "RLlib PPO new stack (1 env runner x 8 envs + local learner)", **rllib},
+        {"system": f"bound: the update alone, {sync_bound['threads']} threads", **sync_bound},
+        {"system": f"bound: the update alone, {overlap_bound['threads']} thread(s)", **overlap_bound},
     ]
     for r in rows:
         r["vs_rllib"] = r["env_steps_per_s"] / rllib["env_steps_per_s"]
+        if "bound" in r:
+            r["of_bound"] = r["env_steps_per_s"] / r["bound"]
     batch = rollout_length * ENVS
-    print_table(rows, ["system", "env_steps_per_s", "timed_env_steps", "seconds", "vs_rllib"],
+    print_table(rows, ["system", "env_steps_per_s", "timed_env_steps", "seconds", "vs_rllib", "of_bound"],
                 title=f"Pong PPO training throughput (batch {batch}, minibatch {batch // 4}, 1 epoch; "
                       "timed after the first iteration)")
     print(f"wrote {write_results('ppo', rows, args.out, env=ENV_ID, envs=ENVS, batch=batch, minibatch=batch // 4, update_epochs=1, quick=args.quick)}")
