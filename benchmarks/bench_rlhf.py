@@ -1,6 +1,9 @@
 """RLHF benchmark: the checkable targets of the melody task, and reinforge PPO vs TRL's
 RLOOTrainer side by side in one run.
 
+Every stage reads its data through the melody task (rlhf/tasks.py ``MelodyTask``), which also
+computes the hidden gold of each evaluation.
+
 1. SFT on the Essen folk melodies; simulated raters label SFT samples with the hidden gold.
 2. Reward model: held-out pairwise accuracy vs the gold's Bayes-optimal accuracy on the same pairs.
 3. reinforge PPO (Ray actors for rollouts and scoring): held-out gold reward and KL to the SFT
@@ -38,12 +41,13 @@ def main() -> None:
     from cluster.runtime import connect
     from cluster.seeding import seed_everything
     from rlhf.evaluate import evaluate_policy
-    from rlhf.melody import MelodyDataConfig, load_melodies, prompts
+    from rlhf.melody import MelodyDataConfig
     from rlhf.models import limit_threads, load_policy, quiet_libraries
     from rlhf.ppo import PPOStageConfig, train_ppo
     from rlhf.raters import RaterConfig, simulate_preferences
     from rlhf.reward import RewardStageConfig, train_reward
     from rlhf.sft import SFTStageConfig, train_sft
+    from rlhf.tasks import MelodyTask, RLHFDataConfig
 
     quick = args.quick
     limit_threads()
@@ -52,9 +56,10 @@ def main() -> None:
     work = Path(args.out) / "rlhf-work"
     work.mkdir(parents=True, exist_ok=True)
     info: dict = {"quick": quick}
-    data = load_melodies(MelodyDataConfig(files=args.files.split(","), max_songs=40 if quick else None,
-                                          max_tokens=96 if quick else 128))
-    train_prompts, held_prompts = prompts(data["train"]), prompts(data["validation"])
+    melody = MelodyDataConfig(files=args.files.split(","), max_songs=40 if quick else None,
+                              max_tokens=96 if quick else 128)
+    task = MelodyTask(RLHFDataConfig(task="melody", melody=melody), seed=0, log=print)
+    data = task.melodies()
     max_new = 48 if quick else 112
     info["melodies"] = {"train": len(data["train"]), "validation": len(data["validation"])}
 
@@ -66,12 +71,13 @@ def main() -> None:
     else:
         with Timer() as t:
             sft = train_sft(SFTStageConfig(max_steps=20 if quick else -1, epochs=20, n_embd=64 if quick else 128),
-                            data, work / "sft")
+                            task, work / "sft")
         info["sft"] = {**sft, "seconds": t.seconds}
     print(f"SFT: eval loss {sft['eval_loss']:.3f}", flush=True)
 
     # 2. raters + reward model
     policy, tok = load_policy(work / "sft")
+    train_prompts, held_prompts = task.prompt_sets(tok)  # PromptSets: the opening bar of each melody
     rcfg = RaterConfig(pairs_per_prompt=1 if quick else TRAIN_ROUNDS, completions_per_prompt=4 if quick else TRAIN_K, temperature=0.5,
                        max_new_tokens=max_new)
     with Timer() as t:
@@ -82,9 +88,12 @@ def main() -> None:
             train_pairs = datasets.load_from_disk(str(prefs / "train"))
             held_pairs = datasets.load_from_disk(str(prefs / "heldout"))
         else:
-            train_pairs = simulate_preferences(policy, tok, train_prompts, rcfg, seed=0)
-            held_cfg = RaterConfig(pairs_per_prompt=2 if quick else HELD_PAIRS, temperature=0.5, max_new_tokens=max_new)
-            held_pairs = simulate_preferences(policy, tok, held_prompts, held_cfg, seed=1)
+            # not task.preferences: that labels train and held-out prompts with one rater config;
+            # the held-out set here is independent plain pairs (K = 2), HELD_PAIRS per prompt
+            train_pairs = simulate_preferences(policy, tok, train_prompts.prompts, rcfg, seed=0)
+            held_cfg = RaterConfig(pairs_per_prompt=2 if quick else HELD_PAIRS, completions_per_prompt=2,
+                                   temperature=0.5, max_new_tokens=max_new)
+            held_pairs = simulate_preferences(policy, tok, held_prompts.prompts, held_cfg, seed=1)
             train_pairs.save_to_disk(str(prefs / "train"))
             held_pairs.save_to_disk(str(prefs / "heldout"))
         if args.reuse and (work / "reward" / "reinforge.json").is_file():
@@ -92,7 +101,7 @@ def main() -> None:
         else:
             rm = train_reward(RewardStageConfig(epochs=1 if quick else RM_EPOCHS, learning_rate=RM_LR,
                                                 texts_per_batch=RM_TEXTS, weight_decay=RM_WD),
-                              work / "sft", train_pairs, held_pairs, work / "reward", temperature=0.5)
+                              work / "sft", train_pairs, held_pairs, work / "reward", temperature=0.5, task=task)
     info["reward"] = {**rm, "seconds": t.seconds}
     print(f"reward model: held-out accuracy {rm['heldout_accuracy']:.3f} vs Bayes-optimal "
           f"{rm['bayes_optimal_accuracy']:.3f} (expected {rm.get('bayes_optimal_accuracy_expected', float('nan')):.3f}) "
@@ -117,10 +126,10 @@ def main() -> None:
         def save_checkpoint(self, *a, **k):
             return None
 
-    eval_reps = held_prompts * (1 if quick else EVAL_SAMPLES)
+    eval_reps = held_prompts.cycle(len(held_prompts) * (1 if quick else EVAL_SAMPLES))
     with Timer() as t_ppo:
-        ppo = train_ppo(pcfg, work / "sft", work / "reward", train_prompts, eval_reps, work / "ppo", Log(),
-                        seed=0, log=print)
+        ppo = train_ppo(pcfg, work / "sft", work / "reward", train_prompts, eval_reps, work / "ppo", run_dir=Log(),
+                        seed=0, log=print, task=task)
     curve = [{"iteration": r["step"], "gold": r["eval_gold_reward"], "proxy": r["eval_proxy_reward"],
               "kl": r["eval_kl"]} for r in rows_ppo if "eval_gold_reward" in r]
     best = max(curve, key=lambda c: c["gold"])
@@ -132,10 +141,11 @@ def main() -> None:
     # not just our setting); each for PPO's wall-clock time.
     peers = []
     for lr in ([pcfg.learning_rate] if quick else [pcfg.learning_rate * f for f in RLOO_LR_FACTORS]):
-        peer = run_rloo(work, train_prompts, pcfg, budget_s=t_ppo.seconds, quick=quick, learning_rate=lr)
+        peer = run_rloo(work, task, train_prompts.prompts, pcfg, budget_s=t_ppo.seconds, quick=quick,
+                        learning_rate=lr)
         if peer.get("model_dir"):
             ev = evaluate_policy(Path(peer["model_dir"]), held_prompts, work / "sft", work / "reward",
-                                 samples_per_prompt=1 if quick else EVAL_SAMPLES, max_new_tokens=max_new)
+                                 samples_per_prompt=1 if quick else EVAL_SAMPLES, max_new_tokens=max_new, task=task)
             peer.update(gold=ev["gold_reward"], kl=ev["kl_to_reference"], proxy=ev["proxy_reward"])
         peers.append({**peer, "learning_rate": lr})
         print(f"TRL RLOO lr {lr:g}: " + (f"gold {peer['gold']:.3f} kl {peer['kl']:.2f}" if "gold" in peer
@@ -147,9 +157,9 @@ def main() -> None:
         from rlhf.dpo import DPOStageConfig, train_dpo
 
         with Timer() as t:
-            train_dpo(DPOStageConfig(epochs=1 if quick else 2), work / "sft", train_pairs, work / "dpo")
+            train_dpo(DPOStageConfig(epochs=1 if quick else 2), work / "sft", train_pairs, work / "dpo", task=task)
         ev = evaluate_policy(work / "dpo", held_prompts, work / "sft", work / "reward",
-                             samples_per_prompt=1 if quick else 4, max_new_tokens=max_new)
+                             samples_per_prompt=1 if quick else 4, max_new_tokens=max_new, task=task)
         info["dpo"] = {"seconds": t.seconds, "gold": ev["gold_reward"], "kl": ev["kl_to_reference"],
                        "proxy": ev["proxy_reward"]}
 
@@ -234,26 +244,25 @@ def gold_max() -> float:
     return MAX_SCORE
 
 
-def run_rloo(work: Path, train_prompts: list[str], pcfg, budget_s: float, quick: bool, learning_rate: float) -> dict:
+def run_rloo(work: Path, task, train_prompts: list[str], pcfg, budget_s: float, quick: bool,
+             learning_rate: float) -> dict:
     """TRL's RLOOTrainer for about ``budget_s`` seconds; the same reward model and penalty."""
-    import json as _json
-
     try:
         import datasets
         from transformers import TrainerCallback
         from trl import RLOOConfig, RLOOTrainer
 
-        from rlhf.models import load_policy, load_reward_model, quiet_trainer, trainer_device_args
+        from rlhf.models import load_policy, load_reward_model, quiet_trainer, reward_offset, trainer_device_args
         from rlhf.reward import score_texts
     except ImportError as exc:
         return {"error": f"TRL RLOOTrainer unavailable: {exc}"}
     policy, tok = load_policy(work / "sft")
     rm, _ = load_reward_model(work / "reward")
-    offset = _json.loads((work / "reward" / "reinforge.json").read_text())["reward_offset"]
+    offset = reward_offset(work / "reward")  # 0 when the centring offset is folded into the weights
     eos = tok.eos_token_id
 
     def reward_fn(prompts, completions, completion_ids, **kw):
-        texts = [p + " " + tok.decode(c).strip() for p, c in zip(prompts, completion_ids)]
+        texts = [p + c for p, c in zip(prompts, task.completion_texts(tok, completion_ids))]
         s = score_texts(rm, tok, texts, offset)
         return [float(x) - pcfg.missing_eos_penalty * (not c or c[-1] != eos) for x, c in zip(s, completion_ids)]
 
