@@ -44,6 +44,9 @@ class Accepted(BaseException):
     the CLI's last-resort handler does not turn it into an error line)."""
 
 
+SIGNED_WEIGHTS = ("reward_weight", "reward_fn_weight")
+
+
 def _leaves(cls: type, prefix: str = "") -> list[tuple[str, Any]]:
     from pipelines import config as cfg
 
@@ -87,7 +90,9 @@ def config_inputs(quick: bool) -> list[tuple[str, list[str]]]:
                 cases.append(("wrong type", [*base, "--set", f"{key}=abc"]))
             if int in args and not key.endswith("seed"):  # a count or size below zero
                 cases.append(("negative count", [*base, "--set", f"{key}=-5"]))
-            if float in args:  # every float setting is a rate, weight, size or probability
+            # every float setting is a rate, weight, size or probability, except the reward weights
+            # of PPO/GRPO, where a negative weight means "minimise" (tests/test_config_ranges.py)
+            if float in args and leaf not in SIGNED_WEIGHTS:
                 cases.append(("negative float", [*base, "--set", f"{key}=-5"]))
                 if PROBABILITY_NAME.search(leaf):
                     cases.append(("probability above 1", [*base, "--set", f"{key}=2"]))

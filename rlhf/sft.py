@@ -72,39 +72,43 @@ def assistant_masks_supported(tokenizer) -> bool:
     return bool(re.search(r"{%-?\s*generation\s*-?%}", getattr(tokenizer, "chat_template", None) or ""))
 
 
-def train_sft(cfg: SFTStageConfig, task, out_dir: Path, run_dir=None, seed: int = 0, device: str = "auto",
-              allow_pickle: bool = False) -> dict[str, Any]:
-    """Fine-tune on the task's SFT data and save the artifact to ``out_dir``."""
-    from trl import SFTConfig, SFTTrainer
+def sft_config(cfg: SFTStageConfig, kind: str, tokenizer, max_length: int, output_dir: Path, seed: int = 0,
+               device: str = "auto"):
+    """TRL's ``SFTConfig`` for this stage and data format: completion-only loss for
+    prompt-completion data, assistant-only loss for messages when the template marks them."""
+    from trl import SFTConfig
 
-    from rlhf.models import (
-        finished_policy,
-        lora_config,
-        quiet_trainer,
-        run_dir_callback,
-        save_artifact,
-        trainer_device_args,
-    )
+    from rlhf.models import trainer_device_args
 
-    model, tok = build_model(cfg, task, allow_pickle)
-    data, kind, conversational = task.sft_data(tok)
-    max_len = task.tiny_positions() if task.name == "melody" else task.cfg.max_length
     extra: dict[str, Any] = {}
     if kind == "prompt_completion":
         extra["completion_only_loss"] = cfg.completion_only_loss
     if kind == "messages":
-        supported = assistant_masks_supported(tok)
+        supported = assistant_masks_supported(tokenizer)
         if cfg.assistant_only_loss and not supported:
             raise ConfigError("sft.assistant_only_loss=true needs a chat template that marks assistant turns with "
                               "{% generation %} ... {% endgeneration %}; give one with data.chat_template")
         extra["assistant_only_loss"] = supported if cfg.assistant_only_loss is None else cfg.assistant_only_loss
-    args = SFTConfig(
-        output_dir=str(out_dir.parent / "trainer"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+    return SFTConfig(
+        output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64, learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine", logging_steps=cfg.logging_steps, seed=seed,
-        max_length=max_len, packing=False, dataset_text_field="text", eval_strategy="no",
+        max_length=max_length, packing=False, dataset_text_field="text", eval_strategy="no",
         activation_checkpointing=cfg.gradient_checkpointing, **extra, **trainer_device_args(device),
     )
+
+
+def train_sft(cfg: SFTStageConfig, task, out_dir: Path, run_dir=None, seed: int = 0, device: str = "auto",
+              allow_pickle: bool = False) -> dict[str, Any]:
+    """Fine-tune on the task's SFT data and save the artifact to ``out_dir``."""
+    from trl import SFTTrainer
+
+    from rlhf.models import finished_policy, lora_config, quiet_trainer, run_dir_callback, save_artifact
+
+    model, tok = build_model(cfg, task, allow_pickle)
+    data, kind, conversational = task.sft_data(tok)
+    max_len = task.tiny_positions() if task.name == "melody" else task.cfg.max_length
+    args = sft_config(cfg, kind, tok, max_len, out_dir.parent / "trainer", seed, device)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
                          processing_class=tok, peft_config=lora_config(cfg, model) if cfg.lora_r > 0 else None,
                          callbacks=[run_dir_callback(run_dir, "sft")])

@@ -351,3 +351,31 @@ def test_bad_configs_are_refused():
         PPOStageConfig(batch_size=8, minibatch_size=16).validate()
     with pytest.raises(ConfigError, match="data.melody.files: no file 'kinderr'.*did you mean 'kinder0'"):
         load_melodies(MelodyDataConfig(files=["kinderr"], cache_dir="/nonexistent-cache"), log=None)
+
+
+def test_sft_loss_is_on_the_completion_only_for_prompt_completion_data(tmp_path):
+    """A hand-made prompt-completion row through our SFTConfig and TRL's collator: the labels
+    are -100 on every prompt token and the completion's ids on the completion tokens."""
+    import datasets
+    from trl import SFTTrainer
+
+    from rlhf.models import tiny_gpt2
+    from rlhf.sft import SFTStageConfig, sft_config
+
+    tok = build_tokenizer()
+    prompt, completion = "<bos> <major> p60 d1 |", " p62 d1 p64 d2 <eos>"
+    ds = datasets.Dataset.from_list([{"prompt": prompt, "completion": completion}])
+    cfg = SFTStageConfig(max_steps=1, batch_size=1)
+    for only in (True, False):
+        cfg.completion_only_loss = only
+        args = sft_config(cfg, "prompt_completion", tok, 64, tmp_path / "trainer", device="cpu")
+        trainer = SFTTrainer(model=tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2), args=args, train_dataset=ds,
+                             processing_class=tok)
+        batch = trainer.data_collator([trainer.train_dataset[0]])
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        c_ids = tok(completion, add_special_tokens=False)["input_ids"]
+        assert ids == p_ids + c_ids
+        assert labels[len(p_ids):] == c_ids  # the completion is learnt
+        # the prompt is not learnt, by default; with sft.completion_only_loss=false it is
+        assert labels[:len(p_ids)] == ([-100] * len(p_ids) if only else p_ids)
