@@ -17,12 +17,12 @@ from typing import Any
 from cluster.errors import ConfigError
 from cluster.run_config import RunConfig
 from pipelines import config as cfg
-from pipelines import gen_pipeline, rl_ac, rl_dqn, rlhf_pipeline, toy
+from pipelines import gen_pipeline, rl_ac, rl_dqn, rl_tabular, rlhf_pipeline, toy
 from pipelines.pipeline import Pipeline
 
 PIPELINES: dict[str, Pipeline] = {
-    p.name: p for p in (rl_dqn.PIPELINE, rl_ac.PIPELINE, gen_pipeline.PIPELINE, *rlhf_pipeline.PIPELINES,
-                        toy.PIPELINE)
+    p.name: p for p in (rl_dqn.PIPELINE, rl_ac.PIPELINE, rl_tabular.PIPELINE, gen_pipeline.PIPELINE,
+                        *rlhf_pipeline.PIPELINES, toy.PIPELINE)
 }
 
 

@@ -1,7 +1,10 @@
-"""``reinforge rl``: train and evaluate RL agents on Atari (DQN, Double DQN, A2C, PPO).
+"""``reinforge rl``: train and evaluate RL agents: DQN, Double DQN, A2C, PPO and REINFORCE on
+Atari (or any Discrete gymnasium env) with Ray rollout workers; tabular Q-learning and SARSA on
+the small discrete MDPs (FrozenLake, CliffWalking, Taxi) in one process.
 
     reinforge rl train --algo ddqn --env ALE/Pong-v5 --workers 2 --envs-per-worker 4 --total-steps 1e6
     reinforge rl train --config ddqn-cartpole
+    reinforge rl train --algo qlearning --config qlearning-frozenlake
     reinforge rl train --resume runs/rl-dqn-20260101-120000
     reinforge rl eval --checkpoint runs/rl-dqn-20260101-120000 --episodes 10 [--epsilon 0.05] [--video]
 """
@@ -14,15 +17,21 @@ from typing import Any
 from cluster.errors import ConfigError
 from pipelines.commands.common import add_run_args
 
-# --algo -> registry pipeline. AC adds a2c/ppo -> "rl-ac".
-ALGO_PIPELINES: dict[str, str] = {"dqn": "rl-dqn", "ddqn": "rl-dqn", "a2c": "rl-ac", "ppo": "rl-ac"}
+# --algo -> registry pipeline
+ALGO_PIPELINES: dict[str, str] = {"dqn": "rl-dqn", "ddqn": "rl-dqn", "a2c": "rl-ac", "ppo": "rl-ac",
+                                  "reinforce": "rl-ac", "qlearning": "rl-tabular", "sarsa": "rl-tabular"}
+# flags that set the Ray rollout layer, which the tabular pipeline does not have
+ROLLOUT_FLAGS = (("workers", "--workers"), ("envs_per_worker", "--envs-per-worker"), ("backend", "--backend"))
 
 
 def register(sub) -> None:
-    p = sub.add_parser("rl", help="train and evaluate RL agents on Atari (DQN, Double DQN, A2C, PPO)")
+    p = sub.add_parser("rl", help="train and evaluate RL agents (DQN, Double DQN, A2C, PPO, REINFORCE; "
+                                  "tabular Q-learning, SARSA)")
     rsub = p.add_subparsers(dest="rl_command", metavar="{train,eval}", parser_class=type(p))
-    t = rsub.add_parser("train", help="train an agent (dqn, ddqn, a2c, ppo) with Ray rollout workers")
-    t.add_argument("--algo", help="dqn | ddqn | a2c | ppo (rl.algo; default from the config, else dqn)")
+    t = rsub.add_parser("train", help="train an agent (dqn, ddqn, a2c, ppo, reinforce with Ray rollout workers; "
+                                      "qlearning, sarsa in one process)")
+    t.add_argument("--algo", help="dqn | ddqn | a2c | ppo | reinforce | qlearning | sarsa "
+                                  "(rl.algo; default from the config, else dqn)")
     t.add_argument("--env", help="gymnasium env id, e.g. ALE/Pong-v5 or CartPole-v1 (env.id)")
     t.add_argument("--workers", type=int, help="rollout worker actors (rollout.num_workers)")
     t.add_argument("--envs-per-worker", type=int, help="envs stepped by each worker (rollout.envs_per_worker)")
@@ -91,7 +100,12 @@ def handle_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--algo {args.algo} runs the {pipeline!r} pipeline but --config is a {from_config!r} config")
     else:
         pipeline = from_config or "rl-dqn"
-    if pipeline not in ("rl-dqn", "rl-ac"):
+    if pipeline == "rl-tabular":
+        for attr, flag in ROLLOUT_FLAGS:
+            if getattr(args, attr) is not None:
+                raise ConfigError(f"{flag}: tabular Q-learning and SARSA run in one process, without rollout "
+                                  f"workers or backends; drop {flag}")
+    if pipeline not in set(ALGO_PIPELINES.values()):
         raise ConfigError(f"this config is for the {pipeline!r} pipeline, not an RL one; use `reinforge {pipeline} ...`")
     run_pipeline(pipeline, args, extra=extra)
     return 0
