@@ -1,6 +1,7 @@
-"""The ``rl-ac`` pipeline: A2C and PPO on Atari (or any Discrete gymnasium env) with Ray rollout
-actors; ``rl.backend=rllib`` runs RLlib's PPO on the same env settings into the same run dir.
-``reinforge rl train --algo a2c|ppo`` and ``reinforge rl eval`` land here."""
+"""The ``rl-ac`` pipeline: A2C, PPO and REINFORCE (with or without a value baseline) on Atari
+(or any Discrete gymnasium env) with Ray rollout actors; ``rl.backend=rllib`` runs RLlib's PPO
+on the same env settings into the same run dir. ``reinforge rl train --algo a2c|ppo|reinforce``
+and ``reinforge rl eval`` land here."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def atari_gif(run_path: Path, experiment: ACExperiment, result: dict[str, Any]) 
 
 PIPELINE = Pipeline(
     name="rl-ac", experiment=ACExperiment, run=run,
-    description="A2C / PPO actor-critic with Ray rollout actors (or RLlib's PPO as a backend)",
+    description="A2C / PPO actor-critic and REINFORCE with Ray rollout actors (or RLlib's PPO as a backend)",
     metrics=METRICS, tune_metric=("episode_return", "max"), actor_bundles=lambda exp, cluster: exp.rollout.bundles(), evaluate=evaluate,
     preflight=lambda exp: check_discrete_actions(exp.env, exp.rl.algo.upper()),
     demos=(DemoStep("rl-ppo", "ppo-cartpole", "PPO on CartPole-v1 with 2 Ray rollout actors",

@@ -8,6 +8,12 @@ episode was *truncated*, computed on the worker with the same weights) and ``las
 The learner adds ``last_values = V(last_obs)``, runs GAE per segment (a terminated step is
 never bootstrapped, a truncated one is bootstrapped from its real final observation; see
 ``rl.policy_gradient.gae``) and flattens ``[T, E] -> [T * E]``.
+
+REINFORCE needs whole episodes instead, while the workers hand back fixed-length segments:
+``WholeEpisodes`` keeps each env's unfinished episode between iterations and releases a step
+only once its episode has ended, with its Monte-Carlo return. The steps of an episode that
+spans several segments were chosen by weights up to a few updates old (a segment as long as
+the episodes, ``rl.rollout_length``, removes that lag).
 """
 
 from __future__ import annotations
@@ -35,6 +41,45 @@ def flatten_rollouts(segments: list[dict[str, Any]], gamma: float, lam: float) -
         for k, v in cols.items():
             parts[k].append(v.reshape(-1, *v.shape[2:]))
     return {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+
+EPISODE_KEYS = ("obs", "actions", "logprobs", "values", "rewards")
+
+
+class WholeEpisodes:
+    """The steps of every episode that ended, across segments, as one flat REINFORCE batch."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[int, int], list[dict[str, np.ndarray]]] = {}  # (worker, env) -> pieces
+
+    def _ended(self, seg: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        episodes = []
+        done = np.asarray(seg["terminated"]) | np.asarray(seg["truncated"])
+        for e in range(done.shape[1]):
+            key = (int(seg["worker_index"]), e)
+            if seg["first"][0, e]:  # a fresh episode; after a worker restart its old one is lost
+                self._open.pop(key, None)
+            start = 0
+            for end in np.flatnonzero(done[:, e]):
+                pieces = self._open.pop(key, []) + [{k: seg[k][start:end + 1, e] for k in EPISODE_KEYS}]
+                episodes.append({k: np.concatenate([p[k] for p in pieces]) for k in EPISODE_KEYS})
+                start = end + 1
+            if start < done.shape[0]:
+                self._open.setdefault(key, []).append({k: seg[k][start:, e] for k in EPISODE_KEYS})
+        return episodes
+
+    def batch(self, segments: list[dict[str, Any]], gamma: float) -> dict[str, np.ndarray]:
+        """``obs, actions, logprobs, values, returns`` of the episodes that ended in
+        ``segments`` (zero rows when none did)."""
+        episodes = [ep for seg in segments for ep in self._ended(seg)]
+        if not episodes:
+            empty = {k: segments[0][k][:0, 0] for k in EPISODE_KEYS}
+            return {**{k: v for k, v in empty.items() if k != "rewards"}, "returns": empty["rewards"]}
+        flat = {k: np.concatenate([ep[k] for ep in episodes]) for k in EPISODE_KEYS}
+        dones = np.zeros(len(flat["rewards"]), dtype=bool)
+        dones[np.cumsum([len(ep["rewards"]) for ep in episodes]) - 1] = True
+        flat["returns"] = pg.discounted_returns(flat.pop("rewards"), dones, gamma)
+        return flat
 
 
 class ActorCriticPolicy:

@@ -1,4 +1,5 @@
-"""The actor-critic training loop: Ray rollout actors -> GAE -> A2C/PPO update -> weights.
+"""The actor-critic training loop: Ray rollout actors -> GAE -> A2C/PPO update -> weights
+(REINFORCE: -> whole episodes' returns -> REINFORCE update -> weights).
 
 One iteration::
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from cluster.errors import ReinforgeError
 from cluster.progress import progress
-from rl.ac_rollout import ActorCriticPolicy, flatten_rollouts
+from rl.ac_rollout import ActorCriticPolicy, WholeEpisodes, flatten_rollouts
 from rl.actor_critic import ACConfig, annealed_lr, build_actor_critic, make_optimizer, update
 from rl.policy_gradient import explained_variance
 from rl.threads import free_cores, learner_threads
@@ -79,6 +80,7 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
 
     # a resumed run gets fresh worker seeds (it does not replay the first run's episodes)
     group = RolloutGroup(env_cfg, rollout_cfg, ActorCriticPolicy, {"ac_cfg": cfg}, seed=seed + 1_000_003 * updates)
+    episodes = WholeEpisodes()  # REINFORCE: each env's unfinished episode, kept between iterations
     recent = deque(maxlen=100)
     recent_len = deque(maxlen=100)
     last_ckpt = env_steps
@@ -106,8 +108,16 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
                 recent_len.extend(seg["game_lengths"])
                 games += len(seg["game_returns"])
                 seg["last_values"] = model.values(seg["last_obs"])  # V(s_T) for bootstrapping, same weights
-            batch = flatten_rollouts(segments, cfg.gamma, cfg.gae_lambda)
-            if cfg.overlap_rollouts and env_steps + int(batch["actions"].shape[0]) < cfg.total_steps:
+            sampled = sum(int(seg["env_steps"]) for seg in segments)
+            if cfg.algo == "reinforce":
+                batch = episodes.batch(segments, cfg.gamma)
+                if not len(batch["actions"]):  # no episode ended yet: sample on with the same weights
+                    env_steps += sampled
+                    bar.update(sampled)
+                    continue
+            else:
+                batch = flatten_rollouts(segments, cfg.gamma, cfg.gae_lambda)
+            if cfg.overlap_rollouts and env_steps + sampled < cfg.total_steps:
                 # one step off-policy: the next rollout starts now, with the weights before this update
                 group.put_weights(model.state_dict())
                 group.fill(1, cfg.rollout_length)
@@ -115,10 +125,10 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
             stats = update(model, optimizer, batch, cfg, dev, generator)
             model.eval()
             updates += 1
-            env_steps += int(batch["actions"].shape[0])
+            env_steps += sampled
             dt = time.perf_counter() - t0
             episode_return = float(np.mean(recent)) if recent else float("nan")
-            bar.update(int(batch["actions"].shape[0]), episode_return=episode_return)
+            bar.update(sampled, episode_return=episode_return)
             if updates % cfg.log_every == 0 or env_steps >= cfg.total_steps:
                 row = {
                     "env_steps": env_steps, "updates": updates, "games": games, "learning_rate": lr,

@@ -1,4 +1,4 @@
-"""Actor-critic: the shared network and the learner updates for A2C and PPO.
+"""Actor-critic: the shared network and the learner updates for A2C, PPO and REINFORCE.
 
 The network is a torso (Nature CNN for stacked Atari frames, MLP for vector observations,
 both from ``rl.networks``) with two linear heads: policy logits ``pi(a|s)`` and a state
@@ -9,7 +9,12 @@ The learner consumes flat batches (see ``rl.ac_rollout.flatten_rollouts``) and a
 
 * A2C: one gradient step on the whole rollout, ``L = L_pg + vf_coef L_V - ent_coef H``;
 * PPO: ``update_epochs`` passes of shuffled minibatches on the clipped surrogate, with optional
-  value clipping, advantage normalisation and an early stop when approx-KL > target_kl.
+  value clipping, advantage normalisation and an early stop when approx-KL > target_kl;
+* REINFORCE: one gradient step on the whole episodes that ended (``rl.ac_rollout.WholeEpisodes``),
+  ``L = L_REINFORCE + vf_coef L_V - ent_coef H``, with ``rl.baseline=value`` the value head as the
+  baseline (trained towards ``G_t``, ``update_epochs`` steps per batch where the policy takes
+  one) or ``none`` (the value head is left untrained). The advantages are not standardised (``rl.normalize_advantages`` is for A2C/PPO): subtracting
+  the batch mean is itself a baseline and would blur the comparison of the two.
 
 The equations themselves are in ``rl.policy_gradient``.
 """
@@ -28,7 +33,8 @@ from cluster.errors import ConfigError
 from cluster.run_config import check_ranges
 from rl import policy_gradient as pg
 
-ALGOS = ("a2c", "ppo")
+ALGOS = ("a2c", "ppo", "reinforce")
+BASELINES = ("value", "none")
 BACKENDS = ("native", "rllib")
 OPTIMIZERS = ("adam", "rmsprop")
 
@@ -37,7 +43,8 @@ OPTIMIZERS = ("adam", "rmsprop")
 class ACConfig:
     """The ``rl`` section of an actor-critic experiment (defaults: PPO on Atari, Schulman 2017)."""
 
-    algo: str = "ppo"  # ppo | a2c
+    algo: str = "ppo"  # ppo | a2c | reinforce
+    baseline: str = "value"  # REINFORCE only: value (a learned V(s) baseline) | none
     backend: str = "native"  # native | rllib (RLlib's PPO on the same env preprocessing)
     total_steps: int = 10_000_000  # env steps (agent steps over all envs)
     rollout_length: int = 128  # T: steps per env per rollout
@@ -47,7 +54,7 @@ class ACConfig:
     adam_eps: float = 1e-5
     gamma: float = 0.99
     gae_lambda: float = 0.95  # 1.0 gives plain n-step returns (classic A2C)
-    update_epochs: int = 4  # PPO passes over each rollout (A2C: always 1)
+    update_epochs: int = 4  # PPO passes over each rollout (A2C: always 1; REINFORCE: the value baseline's steps)
     num_minibatches: int = 4  # PPO minibatches per epoch (A2C: always 1)
     clip_range: float = 0.1  # PPO ratio clip
     clip_value: bool = True  # PPO value clipping (with clip_range)
@@ -73,6 +80,8 @@ class ACConfig:
             raise ConfigError(f"rl.algo={self.algo!r} is not an actor-critic algorithm; use one of {', '.join(ALGOS)}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend rl.backend={self.backend!r}; use native or rllib")
+        if self.baseline not in BASELINES:
+            raise ConfigError(f"unknown baseline rl.baseline={self.baseline!r}; use value or none")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer rl.optimizer={self.optimizer!r}; use adam or rmsprop")
         check_ranges("rl", self, {
@@ -211,6 +220,24 @@ def a2c_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cf
             "grad_norm": grad_norm}
 
 
+def reinforce_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cfg: ACConfig) -> dict[str, float]:
+    """One REINFORCE step on whole episodes: ``G_t - V(s_t)`` (or ``G_t``) weighs ``log pi``."""
+    dist, values = model.distribution(batch["obs"])
+    logprobs = dist.log_prob(batch["actions"])
+    with_baseline = cfg.baseline == "value"
+    policy_loss = pg.reinforce_loss(logprobs, batch["returns"], values if with_baseline else None)
+    v_loss = pg.value_loss(values, batch["returns"])
+    entropy = pg.entropy_bonus(dist.entropy())
+    loss = policy_loss - cfg.ent_coef * entropy + (cfg.vf_coef * v_loss if with_baseline else 0.0)
+    grad_norm = _step(model, optimizer, loss, cfg)
+    # the policy takes one step (after it, the batch is off-policy); the baseline is a regression
+    # onto G_t and may take more (one Adam step cannot follow returns that grow into the hundreds)
+    for _ in range(cfg.update_epochs - 1 if with_baseline else 0):
+        _step(model, optimizer, cfg.vf_coef * pg.value_loss(model(batch["obs"])[1], batch["returns"]), cfg)
+    return {"policy_loss": policy_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
+            "grad_norm": grad_norm}
+
+
 def ppo_update(model: ActorCritic, optimizer, batch: dict[str, torch.Tensor], cfg: ACConfig,
                generator: torch.Generator | None = None) -> dict[str, float]:
     """``update_epochs`` x ``num_minibatches`` clipped-surrogate steps; early stop on ``target_kl``."""
@@ -253,4 +280,6 @@ def update(model: ActorCritic, optimizer, batch: dict[str, Any], cfg: ACConfig, 
     tensors = {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
     if cfg.algo == "a2c":
         return a2c_update(model, optimizer, tensors, cfg)
+    if cfg.algo == "reinforce":
+        return reinforce_update(model, optimizer, tensors, cfg)
     return ppo_update(model, optimizer, tensors, cfg, generator)

@@ -1,4 +1,4 @@
-"""Policy-gradient losses for A2C and PPO, one function per equation.
+"""Policy-gradient losses for REINFORCE, A2C and PPO, one function per equation.
 
 Shapes: rollouts are time-major, ``[T, N]`` (T steps of N parallel envs); the losses take
 flat minibatches ``[B]``.
@@ -22,6 +22,17 @@ PPO's clipped surrogate (Schulman et al. 2017)::
 
 The total loss minimised by both algorithms is
 ``policy_loss + vf_coef * value_loss - ent_coef * entropy``.
+
+REINFORCE (Williams 1992), on whole episodes: the Monte-Carlo return of each step, and the
+score-function estimate of the policy gradient, with an optional baseline ``b(s_t)`` (a
+learned ``V(s_t)``, trained by the same ``value_loss`` towards ``G_t``; it lowers the
+variance and leaves the gradient's expectation unchanged)::
+
+    G_t          = r_t + gamma * (1 - done_t) * G_{t+1}       (= sum_k gamma^k r_{t+k} to the episode's end)
+    L_REINFORCE  = - E[ log pi(a_t | s_t) * (G_t - b(s_t)) ]   (b = 0 without a baseline)
+
+Unlike A2C, nothing is bootstrapped: ``G_t`` is the return actually received (a time-limit
+truncation ends the sum too), and ``V`` only ever serves as a baseline.
 """
 
 from __future__ import annotations
@@ -65,6 +76,26 @@ def gae(
         running = deltas[t] + gamma * lam * not_done[t] * running
         advantages[t] = running
     return advantages, advantages + values
+
+
+def discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> np.ndarray:
+    """``G_t`` along the first axis of ``rewards``; ``dones[t]`` marks the last step of an
+    episode (several may follow each other), and the last row must end one."""
+    rewards = np.asarray(rewards, dtype=np.float32)
+    not_done = 1.0 - np.asarray(dones, dtype=np.float32)
+    returns = np.zeros_like(rewards)
+    running = np.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * not_done[t] * running
+        returns[t] = running
+    return returns
+
+
+def reinforce_loss(logprobs: torch.Tensor, returns: torch.Tensor, baselines: torch.Tensor | None = None) -> torch.Tensor:
+    """REINFORCE's loss ``- E[ log pi(a_t|s_t) * (G_t - b(s_t)) ]``; the weights are constants
+    (no gradient flows into the baseline through it)."""
+    weights = returns if baselines is None else returns - baselines
+    return -(logprobs * weights.detach()).mean()
 
 
 def normalize_advantages(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
