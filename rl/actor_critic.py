@@ -13,8 +13,9 @@ The learner consumes flat batches (see ``rl.ac_rollout.flatten_rollouts``) and a
 * REINFORCE: one gradient step on the whole episodes that ended (``rl.ac_rollout.WholeEpisodes``),
   ``L = L_REINFORCE + vf_coef L_V - ent_coef H``, with ``rl.baseline=value`` the value head as the
   baseline (trained towards ``G_t``, ``update_epochs`` steps per batch where the policy takes
-  one) or ``none`` (the value head is left untrained). The advantages are not standardised (``rl.normalize_advantages`` is for A2C/PPO): subtracting
-  the batch mean is itself a baseline and would blur the comparison of the two.
+  one) or ``none`` (the value head is left untrained). The advantages are not standardised
+  (``rl.normalize_advantages`` is for A2C/PPO): subtracting the batch mean is itself a
+  baseline and would blur the comparison of the two.
 
 The equations themselves are in ``rl.policy_gradient``.
 """

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from cluster.errors import ConfigError
+from cluster.errors import ConfigError, ReinforgeError
 from conftest import run_cli
 from rl.tabular import (
     TabularEnvConfig,
@@ -134,3 +134,24 @@ def test_an_unknown_tabular_algo_is_refused():
 
     with pytest.raises(ConfigError, match="not a tabular algorithm"):
         resolve(preset="qlearning-taxi", overrides=["rl.algo=dqn"])
+
+
+def test_resume_continues_the_q_table_and_the_counters(tmp_path):
+    from cluster.checkpoint import load_checkpoint
+    from pipelines.registry import execute, resolve
+
+    run = tmp_path / "resume"
+    first = resolve(preset="qlearning-frozenlake", overrides=["rl.total_steps=2000", "rl.eval_episodes=0"],
+                    extra={"run": {"run_dir": str(run), "tensorboard": False}})
+    _, r1 = execute(first)
+    q1 = load_checkpoint(run)["q"]
+    again = resolve(config_file=str(run / "config.yaml"), overrides=["rl.total_steps=4000"],
+                    extra={"run": {"run_dir": str(run), "tensorboard": False}})
+    _, r2 = execute(again, resume=str(run))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "q_error" in x]
+    steps = [r["env_steps"] for r in rows]
+    assert steps == sorted(steps) and steps[0] < r1["env_steps"] < steps[-1]
+    assert r2["games"] > r1["games"] and r2["env_steps"] >= 4000
+    assert r2["q_error"] < r1["q_error"] and not np.array_equal(load_checkpoint(run)["q"], q1)
+    with pytest.raises(ReinforgeError, match="already finished"):
+        execute(resolve(config_file=str(run / "config.yaml"), extra={"run": {"run_dir": str(run)}}), resume=str(run))
