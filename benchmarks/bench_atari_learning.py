@@ -119,6 +119,8 @@ def main() -> None:
         (("--resume",), {"action": "store_true", "help": "continue the run in OUT from its latest checkpoint"}),
         (("--seed",), {"type": int, "default": 0}),
         (("--eval-episodes",), {"type": int, "default": 30, "help": "final evaluation games (30 no-op starts)"}),
+        (("--checkpoint-every",), {"type": int, "default": 50_000,
+                                   "help": "env steps between checkpoints (what a killed run can lose)"}),
     ])
     if args.algo not in FAMILY:
         fail(f"unknown --algo {args.algo!r}; use one of {', '.join(FAMILY)}")
@@ -133,7 +135,8 @@ def main() -> None:
     run = out / f"atari-{args.algo}-{args.game.lower()}-seed{args.seed}"
     preset = preset_for(args.algo, args.game)
     overrides = [f"env.id={env_id}", f"rl.algo={args.algo}", f"rl.total_steps={steps}",
-                 f"rl.eval_episodes={0 if args.quick else args.eval_episodes}"]
+                 f"rl.eval_episodes={0 if args.quick else args.eval_episodes}",
+                 f"rl.checkpoint_every={args.checkpoint_every}"]
     if args.resume and (run / "config.yaml").is_file():
         resolved = resolve(config_file=str(run / "config.yaml"), overrides=overrides, extra={"run": {"run_dir": str(run)}})
     else:
