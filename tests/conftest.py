@@ -59,3 +59,25 @@ def cli(ray_session):
         return run_cli(*args, **kw)
 
     return _run
+
+
+def run_cli_inprocess(*args: str) -> subprocess.CompletedProcess:
+    """``reinforge ARGS`` through the CLI's own entry point (``pipelines.cli.main``) in this
+    process: the same parsing, checks, one-line errors and exit status as the command, without
+    a new interpreter importing torch, transformers and TRL again (several seconds a call).
+    Ray stages join the session's instance (``connect`` reuses a connected driver)."""
+    import contextlib
+    import io
+
+    import torch
+
+    from pipelines.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(list(args))
+    finally:
+        torch.set_num_threads(threads)  # stages set their own; later tests get the session's back
+    return subprocess.CompletedProcess(["reinforge", *args], rc, out.getvalue(), err.getvalue())

@@ -103,16 +103,17 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(ray_session, world):
-    """run(name, stage, *args) -> (run dir, CompletedProcess), each name run once per module."""
-    from tests.conftest import run_cli
+    """run(name, stage, *args) -> (run dir, CompletedProcess), each name run once per module,
+    through the CLI's entry point in this process (tests/conftest.py ``run_cli_inprocess``;
+    the melody end-to-end tests run the same stages as subprocesses)."""
+    from tests.conftest import run_cli_inprocess
 
     done: dict[str, tuple[Path, object]] = {}
 
     def _run(name: str, stage: str, *args: str):
         if name not in done:
             out = world["root"] / "runs" / name
-            done[name] = out, run_cli("rlhf", stage, "--run-dir", str(out), *args, *FAST.get(stage, []),
-                                      ray_address=ray_session)
+            done[name] = out, run_cli_inprocess("rlhf", stage, "--run-dir", str(out), *args, *FAST.get(stage, []))
         return done[name]
 
     return _run

@@ -1,4 +1,5 @@
-"""The arithmetic task end to end through the CLI, as a user runs it: SFT on partly wrong sums,
+"""The arithmetic task end to end through the CLI's entry point (in this process, see
+tests/conftest.py ``run_cli_inprocess``), as a user runs it: SFT on partly wrong sums,
 then GRPO and PPO with the exact-match gold as the reward function, then eval; every artifact
 says it is the arithmetic task, and the gold (held-out exact match) is reported throughout."""
 
@@ -17,13 +18,20 @@ RL = {"grpo": ["--set", "grpo.iterations=2", "--set", "grpo.batch_size=4", "--se
               "--set", "ppo.max_new_tokens=8", "--set", "ppo.eval_every=1", "--set", "ppo.eval_prompts=16"]}
 
 
+@pytest.fixture
+def cli(ray_session):
+    from tests.conftest import run_cli_inprocess
+
+    return run_cli_inprocess
+
+
 @pytest.fixture(scope="module")
 def sft(ray_session, tmp_path_factory):
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli_inprocess
 
     out = tmp_path_factory.mktemp("arith") / "sft"
-    res = run_cli("rlhf", "sft", "--config", "rlhf-arithmetic-sft", "--set", "sft.max_steps=40", *SMALL,
-                  "--run-dir", str(out), ray_address=ray_session)
+    res = run_cli_inprocess("rlhf", "sft", "--config", "rlhf-arithmetic-sft", "--set", "sft.max_steps=40", *SMALL,
+                            "--run-dir", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
