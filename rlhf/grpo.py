@@ -170,8 +170,8 @@ def train_grpo(cfg: GRPOStageConfig, sft_dir: Path, reward_dir: Path | None, tra
     """Run GRPO from the SFT artifact against the reward (model, function or both); save the
     policy as a ``grpo`` artifact. Resumes from the run dir's latest checkpoint."""
     from cluster.runtime import select_device
-    from rlhf.models import finished_policy, load_policy, save_artifact
-    from rlhf.ppo import loop_result, policy_loop
+    from rlhf.models import load_policy
+    from rlhf.ppo import run_and_save
     from rlhf.rewards import reward_model_spec
 
     dev = select_device(device)
@@ -180,15 +180,5 @@ def train_grpo(cfg: GRPOStageConfig, sft_dir: Path, reward_dir: Path | None, tra
     if reward_dir is not None:
         _, reward_spec, offset = reward_model_spec(reward_dir, tok, sft_dir, allow_pickle)
     learner = GRPOLearner(cfg, policy, tok, reward_spec, offset, reward=reward, task=task, seed=seed, device=str(dev))
-    try:
-        history, first, last_eval = policy_loop(learner, cfg.iterations, cfg.batch_size, cfg.eval_every,
-                                                cfg.checkpoint_every, as_prompts(train), as_prompts(held), run_dir,
-                                                "GRPO", log)
-        policy = finished_policy(learner.policy.to("cpu"), cfg)
-        save_artifact(policy, tok, out_dir, "grpo", task=task.stamp() if task is not None else None,
-                      parent={"sft": str(sft_dir), "reward": str(reward_dir) if reward_dir else None,
-                              "reward_fn": reward.fn_name if reward is not None and reward.fn_name else None},
-                      kl_coef=cfg.kl_coef, group_size=cfg.group_size, iterations=learner.iteration_done)
-    finally:
-        learner.close()
-    return loop_result(learner, history, first, last_eval, "grpo")
+    return run_and_save(learner, "grpo", train, held, out_dir, run_dir, log, sft_dir, reward_dir, task,
+                        group_size=cfg.group_size)

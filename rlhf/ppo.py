@@ -483,7 +483,7 @@ def train_ppo(cfg: PPOStageConfig, sft_dir: Path, reward_dir: Path | None, train
     the toy token count); save the policy as a ``ppo`` artifact. Resumes from the run dir's
     latest checkpoint."""
     from cluster.runtime import select_device
-    from rlhf.models import finished_policy, load_policy, save_artifact
+    from rlhf.models import load_policy
     from rlhf.rewards import Reward, critic_from_sft, reward_model_spec
 
     dev = select_device(device)
@@ -502,17 +502,27 @@ def train_ppo(cfg: PPOStageConfig, sft_dir: Path, reward_dir: Path | None, train
         reward_spec, offset, critic = None, 0.0, critic_from_sft(sft_dir, tok, allow_pickle)
     learner = PPOLearner(cfg, policy, critic, tok, reward_spec, offset, reward=reward, task=task, seed=seed,
                          device=str(dev))
+    out = run_and_save(learner, "ppo", train, held, out_dir, run_dir, log, sft_dir, reward_dir, task)
+    out["final_beta"] = learner.kl_ctl.value
+    return out
+
+
+def run_and_save(learner, stage: str, train, held, out_dir: Path, run_dir, log, sft_dir, reward_dir, task,
+                 **info: Any) -> dict[str, Any]:
+    """PPO's and GRPO's run: ``policy_loop``, then the policy saved as a ``stage`` artifact
+    with its lineage; the actors are stopped whatever happens. Returns ``loop_result``."""
+    from rlhf.models import finished_policy, save_artifact
+
+    cfg, reward = learner.cfg, learner.rollouts.reward
     try:
         history, first, last_eval = policy_loop(learner, cfg.iterations, cfg.batch_size, cfg.eval_every,
                                                 cfg.checkpoint_every, as_prompts(train), as_prompts(held), run_dir,
-                                                "PPO", log)
+                                                stage.upper(), log)
         policy = finished_policy(learner.policy.to("cpu"), cfg)
-        save_artifact(policy, tok, out_dir, "ppo", task=task.stamp() if task is not None else None,
+        save_artifact(policy, learner.tok, out_dir, stage, task=task.stamp() if task is not None else None,
                       parent={"sft": str(sft_dir), "reward": str(reward_dir) if reward_dir else None,
                               "reward_fn": reward.fn_name or None},
-                      kl_coef=cfg.kl_coef, iterations=learner.iteration_done)
+                      kl_coef=cfg.kl_coef, iterations=learner.iteration_done, **info)
     finally:
         learner.close()
-    out = loop_result(learner, history, first, last_eval, "ppo")
-    out["final_beta"] = learner.kl_ctl.value
-    return out
+    return loop_result(learner, history, first, last_eval, stage)
