@@ -28,7 +28,9 @@ def test_ray_kill_of_a_rollout_actor_mid_training(ray_session, tmp_path):
     from pipelines.registry import resolve
     from rl.dqn_learner import train
 
-    exp = resolve(preset="ddqn-cartpole", overrides=TINY).experiment
+    # long enough after the kill for Ray's restart (tens of seconds on a loaded machine) to be
+    # seen from inside the run
+    exp = resolve(preset="ddqn-cartpole", overrides=[*TINY, "rl.total_steps=6000"]).experiment
     assert exp.rollout.max_restarts >= 1
     seen: dict[str, list] = {"killed": [], "after": []}
 
