@@ -25,7 +25,16 @@ import numpy as np
 
 from cluster.errors import ConfigError
 from rlhf.models import PolicyTraining
-from rlhf.ppo import PolicyLearner, _unshared, as_prompts, gradient_step, k3_kl, masked_mean, minibatches
+from rlhf.ppo import (
+    PolicyLearner,
+    RLLoopSettings,
+    _unshared,
+    as_prompts,
+    gradient_step,
+    k3_kl,
+    masked_mean,
+    minibatches,
+)
 
 # --- the equations ------------------------------------------------------------------------
 
@@ -60,7 +69,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip: float = 0.2, bet
 
 
 @dataclass
-class GRPOStageConfig(PolicyTraining):
+class GRPOStageConfig(PolicyTraining, RLLoopSettings):
     iterations: int = 40
     batch_size: int = 8  # prompts per iteration; each sampled group_size times
     group_size: int = 8  # G completions per prompt
@@ -72,12 +81,6 @@ class GRPOStageConfig(PolicyTraining):
     kl_coef: float = 0.04  # beta of the KL-to-reference loss term; 0 drops it
     scale_rewards: bool = True  # divide by the group's std; false = Dr. GRPO
     missing_eos_penalty: float = 0.0  # subtracted from the reward of completions without <eos>
-    max_grad_norm: float = 1.0
-    num_rollout_workers: int = 1
-    actor_cpus: float = 0.5
-    eval_every: int = 5
-    eval_prompts: int = 64  # held-out completions per evaluation (the held-out prompts, repeated as needed)
-    checkpoint_every: int = 10
 
     def validate(self) -> None:
         for k in ("iterations", "batch_size", "max_new_tokens", "update_epochs", "minibatch_size",

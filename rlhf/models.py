@@ -127,7 +127,7 @@ def check_tokenizer(tokenizer, model, where: str) -> None:
         raise ConfigError(f"{where}: tokenizer has no eos token; completions must be able to end")
 
 
-def _weights_check(model_dir: str | Path, where: str, allow_pickle: bool) -> bool | None:
+def safetensors_only(model_dir: str | Path, where: str, allow_pickle: bool) -> bool | None:
     """``use_safetensors`` for ``from_pretrained``: True (safetensors only) unless the user
     allowed pickled weights; a local dir with only pickled weights is refused by name."""
     p = Path(model_dir)
@@ -153,7 +153,7 @@ def load_causal_lm(model_dir: str | Path, where: str = "--sft", allow_pickle: bo
         return _merged_adapter(model_dir, where, allow_pickle), tok
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir),
-                                                     use_safetensors=_weights_check(model_dir, where, allow_pickle))
+                                                     use_safetensors=safetensors_only(model_dir, where, allow_pickle))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{where} {model_dir}: cannot load a causal LM ({_first_line(exc)}); "
                           "expected a Hugging Face model dir with safetensors weights") from None
@@ -168,7 +168,7 @@ def _merged_adapter(model_dir: str | Path, where: str, allow_pickle: bool):
 
     try:
         model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir),
-                                                         use_safetensors=_weights_check(model_dir, where, allow_pickle))
+                                                         use_safetensors=safetensors_only(model_dir, where, allow_pickle))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{where} {model_dir}: cannot load the LoRA adapter and its base model "
                           f"({_first_line(exc)}); the base named in adapter_config.json must be reachable") from None
@@ -186,7 +186,7 @@ def load_reward_model(model_dir: str | Path, where: str = "--reward", allow_pick
     tok = load_tokenizer(model_dir, where)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(model_dir), use_safetensors=_weights_check(model_dir, where, allow_pickle))
+            str(model_dir), use_safetensors=safetensors_only(model_dir, where, allow_pickle))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{where} {model_dir}: cannot load a sequence-classification model "
                           f"({_first_line(exc)}); expected a reward model dir") from None

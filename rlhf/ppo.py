@@ -127,7 +127,19 @@ class AdaptiveKLController:
 
 
 @dataclass
-class PPOStageConfig(PolicyTraining):
+class RLLoopSettings:
+    """The loop settings PPO and GRPO share: their Ray actors, evaluations and checkpoints."""
+
+    max_grad_norm: float = 1.0
+    num_rollout_workers: int = 1
+    actor_cpus: float = 0.5
+    eval_every: int = 5
+    eval_prompts: int = 64  # held-out completions per evaluation (the held-out prompts, repeated as needed)
+    checkpoint_every: int = 10
+
+
+@dataclass
+class PPOStageConfig(PolicyTraining, RLLoopSettings):
     iterations: int = 40
     batch_size: int = 32  # prompts (= completions) per iteration
     max_new_tokens: int = 112
@@ -144,12 +156,6 @@ class PPOStageConfig(PolicyTraining):
     kl_horizon: int = 2000
     missing_eos_penalty: float = 1.0  # subtracted from the score of completions without <eos>
     normalize_advantages: bool = True  # advantages to mean 0, std 1 over the batch's tokens
-    max_grad_norm: float = 1.0
-    num_rollout_workers: int = 1
-    actor_cpus: float = 0.5
-    eval_every: int = 5
-    eval_prompts: int = 64  # held-out completions per evaluation (the held-out prompts, repeated as needed)
-    checkpoint_every: int = 10
     toy_reward_token: str | None = None  # e.g. "p60": reward = count of that token (tests; no reward model)
 
     def validate(self) -> None:

@@ -83,14 +83,14 @@ def reward_model_from_sft(sft_dir: Path, dropout: bool = True, task=None, allow_
     one label)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.models import _weights_check, check_tokenizer, disable_dropout, load_tokenizer
+    from rlhf.models import check_tokenizer, disable_dropout, load_tokenizer, safetensors_only
 
     if (Path(sft_dir) / "adapter_config.json").is_file():
         raise ConfigError(f"--sft {sft_dir}: holds a LoRA adapter alone; the reward model starts from a whole "
                           "model: re-run SFT with sft.merge_lora=true")
     tok = load_tokenizer(sft_dir, "--sft")
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(sft_dir), num_labels=1, use_safetensors=_weights_check(sft_dir, "--sft", allow_pickle))
+        str(sft_dir), num_labels=1, use_safetensors=safetensors_only(sft_dir, "--sft", allow_pickle))
     model.config.pad_token_id = tok.pad_token_id
     init_reward_head(model)
     if not dropout:

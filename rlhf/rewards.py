@@ -104,9 +104,9 @@ def critic_from_sft(sft_dir, tokenizer, allow_pickle: bool = False):
     transformer with a fresh scalar head."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf.models import _weights_check
+    from rlhf.models import safetensors_only
 
     critic = AutoModelForSequenceClassification.from_pretrained(
-        str(sft_dir), num_labels=1, use_safetensors=_weights_check(sft_dir, "--sft", allow_pickle))
+        str(sft_dir), num_labels=1, use_safetensors=safetensors_only(sft_dir, "--sft", allow_pickle))
     critic.config.pad_token_id = tokenizer.pad_token_id
     return critic
