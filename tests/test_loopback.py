@@ -105,7 +105,9 @@ def _socket_inodes(pid: int) -> set[str]:
 
 def _name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()[:80]
+        # the whole command line: a deep checkout (/check/work/...) pushes the binary's name
+        # past any fixed cut, so nothing is truncated here
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
     except OSError:
         return "?"
 
@@ -140,10 +142,11 @@ def test_embedded_instance_listens_on_loopback_only():
         bound = [(pid, *listening[inode]) for pid in pids for inode in _socket_inodes(pid) if inode in listening]
         names = {pid: _name(pid) for pid, _, _ in bound}
         # the walk found Ray's servers, so the assertion below is about them
-        assert any("gcs_server" in names[pid] for pid, _, _ in bound), bound
-        assert any("raylet" in names[pid] for pid, _, _ in bound), bound
-        assert any("DashboardAgent" in names[pid] for pid, _, _ in bound), bound
-        exposed = [(ip, port, names[pid]) for pid, ip, port in bound if not _is_loopback(ip)]
+        seen = sorted({names[pid].split()[0].rsplit("/", 1)[-1] for pid, _, _ in bound})
+        assert any("gcs_server" in names[pid] for pid, _, _ in bound), seen
+        assert any("raylet" in names[pid] for pid, _, _ in bound), seen
+        assert any("DashboardAgent" in names[pid] for pid, _, _ in bound), seen
+        exposed = [(ip, port, names[pid][:120]) for pid, ip, port in bound if not _is_loopback(ip)]
         assert not exposed, f"listening beyond loopback: {exposed}"
     finally:
         proc.stdin.close()  # the driver's exit handler shuts Ray down
