@@ -11,17 +11,43 @@ from typing import Literal
 from cluster.errors import ConfigError
 from cluster.run_config import check_ranges
 
-MODELS = ("gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco")
-DATASETS = ("ring8", "grid25", "digits", "atari-frames")
+MODELS = ("gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco",
+          "byol", "simsiam", "cyclegan", "stylegan", "latent-ddpm", "hopfield", "rbm")
+DATASETS = ("ring8", "grid25", "digits", "atari-frames", "digit-domains")
 LABELLED = {"digits"}
 IMAGE_DATA = {"digits", "atari-frames"}
 
-Model = Literal["gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco"]
-Data = Literal["ring8", "grid25", "digits", "atari-frames"]
+Model = Literal["gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco",
+                "byol", "simsiam", "cyclegan", "stylegan", "latent-ddpm", "hopfield", "rbm"]
+Data = Literal["ring8", "grid25", "digits", "atari-frames", "digit-domains"]
 
-# What each model needs from its data: labels (conditional models), images (contrastive).
+# What each model needs from its data: labels (conditional models), images (self-supervised).
 NEEDS_LABELS = {"cgan", "cvae"}
-NEEDS_IMAGES = {"simclr", "moco"}
+NEEDS_IMAGES = {"simclr", "moco", "byol", "simsiam"}
+# Models that learn an encoder and have nothing to sample (``gen sample`` refuses them).
+ENCODER_ONLY = {"simclr", "moco", "byol", "simsiam"}
+# Models whose ``data`` must be the two unpaired image domains (and only they may use it).
+NEEDS_TWO_DOMAINS = {"cyclegan"}
+
+# Metric names each model reports beyond the shared ones (gen_pipeline's vocabulary):
+# per-epoch rows, and the final evaluation (also logged with the ``eval/`` prefix).
+MODEL_ROW_METRICS: dict[str, tuple[str, ...]] = {
+    "byol": (), "simsiam": (),
+    "cyclegan": ("cycle_loss", "identity_loss"),
+    "stylegan": ("resolution", "fade_alpha"),
+    "latent-ddpm": (),
+    "hopfield": ("patterns_stored",),
+    "rbm": ("reconstruction_error", "free_energy_gap"),
+}
+MODEL_EVAL_METRICS: dict[str, tuple[str, ...]] = {
+    "byol": (), "simsiam": (),
+    "cyclegan": ("class_kept_a_to_b", "class_kept_b_to_a", "target_domain_a_to_b", "target_domain_b_to_a",
+                 "cycle_error_a", "cycle_error_b"),
+    "stylegan": (),
+    "latent-ddpm": ("sampling_s_per_image",),
+    "hopfield": ("recall_rate", "patterns_per_neuron", "energy_increases"),
+    "rbm": ("reconstruction_error", "linear_probe_accuracy_raw"),
+}
 UNET_DOWNSAMPLING = 4  # two 2x downsamplings in generative.unet.UNet
 
 
@@ -61,8 +87,13 @@ class GenConfig:
     # contrastive
     temperature: float = 0.2  # NT-Xent / InfoNCE temperature
     projection_dim: int = 64
-    moco_momentum: float = 0.99
+    moco_momentum: float = 0.99  # EMA of the online encoder: MoCo's key encoder and BYOL's target
     moco_queue: int = 256  # keep well below the data set size, or older keys of the same image act as negatives
+    # ---- BYOL / SimSiam (generative/contrastive.py) ----
+    # ---- CycleGAN (generative/cyclegan.py) ----
+    # ---- style-based generator (generative/stylegan.py) ----
+    # ---- latent diffusion (generative/latent_ddpm.py) ----
+    # ---- Hopfield network (generative/hopfield.py) and RBM (generative/rbm.py) ----
     # evaluation / output
     eval_samples: int = 2500  # samples for the mode / digits metrics
     grid_samples: int = 64  # images in the PNG sample grid
@@ -81,10 +112,20 @@ class GenConfig:
                 f"model {self.model!r} learns image encoders with image augmentations; "
                 f"use --data digits or atari-frames, not {self.data!r}"
             )
-        if self.data == "atari-frames" and self.model not in ("vae", "simclr", "moco"):
+        if self.data == "atari-frames" and self.model not in ("vae", *sorted(ENCODER_ONLY)):
             raise ConfigError(
-                f"atari-frames trains encoders for the RL torso; use --model vae, simclr or moco, not {self.model!r}"
+                f"atari-frames trains encoders for the RL torso; use --model vae, "
+                f"{', '.join(sorted(ENCODER_ONLY))}, not {self.model!r}"
             )
+        if self.model in NEEDS_TWO_DOMAINS and self.data != "digit-domains":
+            raise ConfigError(
+                f"{self.model} translates between two unpaired image domains and {self.data!r} has one; "
+                "use --data digit-domains"
+            )
+        if self.data == "digit-domains" and self.model not in NEEDS_TWO_DOMAINS:
+            raise ConfigError(f"digit-domains holds two unpaired domains for cyclegan; use --data digits "
+                              f"for {self.model!r}")
+        # ---- model-specific checks (one block per model; see the section markers above) ----
         if self.data == "digits" and self.model == "ddpm" and self.image_size % UNET_DOWNSAMPLING:
             raise ConfigError(
                 f"gen.image_size={self.image_size} is not divisible by the U-Net's downsampling "

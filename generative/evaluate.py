@@ -86,6 +86,8 @@ def evaluate(model, cfg: GenConfig, run_dir: str | Path, seed: int = 0, frames_p
     out: dict[str, Any] = {}
     paths: list[Path] = []
     tag = f"{cfg.model} on {cfg.data}"
+    if hasattr(model, "evaluate"):  # models with their own measures (cyclegan, stylegan, hopfield, ...)
+        return model.evaluate(cfg, Path(run_dir), seed)
     if cfg.model in ("simclr", "moco"):
         if cfg.data == "digits":
             from generative.contrastive import linear_probe_accuracy

@@ -33,6 +33,8 @@ from generative.config import GenConfig
 FAMILY = {
     "gan": "gan", "minimax-gan": "gan", "wgan": "gan", "wgan-gp": "gan", "cgan": "gan",
     "vae": "vae", "cvae": "vae", "ddpm": "ddpm", "simclr": "contrastive", "moco": "contrastive",
+    "byol": "contrastive", "simsiam": "contrastive", "cyclegan": "cyclegan", "stylegan": "stylegan",
+    "latent-ddpm": "latent-ddpm", "hopfield": "hopfield", "rbm": "rbm",
 }
 
 
@@ -41,6 +43,8 @@ def data_shape(cfg: GenConfig) -> tuple[int, ...]:
         return (2,)
     if cfg.data == "atari-frames":
         return (4, 84, 84)
+    if cfg.data == "digit-domains":  # channel 0: a domain-A image, channel 1: an unrelated domain-B image
+        return (2, cfg.image_size, cfg.image_size)
     return (1, cfg.image_size, cfg.image_size)
 
 
@@ -58,6 +62,16 @@ def build_model(cfg: GenConfig, device: torch.device | str = "cpu"):
         from generative.vae import VAEModel as cls
     elif family == "ddpm":
         from generative.ddpm import DDPMModel as cls
+    elif family == "cyclegan":
+        from generative.cyclegan import CycleGANModel as cls
+    elif family == "stylegan":
+        from generative.stylegan import StyleGANModel as cls
+    elif family == "latent-ddpm":
+        from generative.latent_ddpm import LatentDDPMModel as cls
+    elif family == "hopfield":
+        from generative.hopfield import HopfieldModel as cls
+    elif family == "rbm":
+        from generative.rbm import RBMModel as cls
     else:
         from generative.contrastive import ContrastiveModel as cls
     return cls(cfg, data_shape(cfg), num_classes(cfg), device)

@@ -16,7 +16,7 @@ from typing import Any
 
 from cluster.progress import progress
 from cluster.run_config import RunConfig
-from generative.config import GenConfig
+from generative.config import MODEL_EVAL_METRICS, MODEL_ROW_METRICS, GenConfig
 from pipelines.pipeline import Bar, DemoStep, Pipeline
 
 # What the per-epoch rows hold (generative.train.train_loop_per_worker and each model's train_step).
@@ -32,6 +32,8 @@ EVAL_METRICS = (
     "classifier_frechet_distance", "conditional_accuracy", "linear_probe_accuracy",
     "linear_probe_accuracy_untrained",
 )
+ROW_METRICS += tuple(dict.fromkeys(k for names in MODEL_ROW_METRICS.values() for k in names if k not in ROW_METRICS))
+EVAL_METRICS += tuple(dict.fromkeys(k for names in MODEL_EVAL_METRICS.values() for k in names if k not in EVAL_METRICS))
 # the final result also holds "epochs" and, for Atari encoders, "encoder" (the torso's path)
 METRICS = (*ROW_METRICS, "epochs", "encoder", *EVAL_METRICS, *(f"eval/{k}" for k in EVAL_METRICS))
 HEADLINE_LOSSES = ("loss", "d_loss", "g_loss")  # shown on the progress bar, kept in the final result
@@ -77,6 +79,8 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     cfg, seed = exp.gen, exp.run.seed
     if cfg.use_gpu:
         select_device("cuda")  # one line if no GPU is visible
+    if getattr(cfg, "autoencoder", ""):  # latent-ddpm: Ray Train workers run in their own directory
+        cfg.autoencoder = str(Path(cfg.autoencoder).resolve())
     frames_path = None
     if cfg.data == "atari-frames":
         from generative.data import record_atari_frames

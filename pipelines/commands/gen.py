@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from generative.config import DATASETS, ENCODER_ONLY, MODELS
 from pipelines.commands.common import add_run_args, print_summary, resolve_args
-
-MODELS = ("gan", "minimax-gan", "wgan", "wgan-gp", "cgan", "vae", "cvae", "ddpm", "simclr", "moco")
-DATASETS = ("ring8", "grid25", "digits", "atari-frames")
 
 
 def register(sub) -> None:
@@ -71,7 +69,7 @@ def handle_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--guidance {args.guidance:g} must be a finite number >= 0 (0: no guidance)")
     torch.manual_seed(args.seed)
     model, cfg, ckpt = load_trained(args.checkpoint)
-    if cfg.model in ("simclr", "moco"):
+    if cfg.model in ENCODER_ONLY:
         raise ReinforgeError(f"{cfg.model} trains an encoder and cannot sample; use its encoder/ or a gan/vae/ddpm run")
     labels = None
     if args.label is not None:
