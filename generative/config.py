@@ -32,23 +32,43 @@ NEEDS_TWO_DOMAINS = {"cyclegan"}
 # Metric names each model reports beyond the shared ones (gen_pipeline's vocabulary):
 # per-epoch rows, and the final evaluation (also logged with the ``eval/`` prefix).
 MODEL_ROW_METRICS: dict[str, tuple[str, ...]] = {
-    "byol": (), "simsiam": (),
+    "byol": ("projection_std",), "simsiam": ("projection_std",),
     "cyclegan": ("cycle_loss", "identity_loss"),
-    "stylegan": ("resolution", "fade_alpha"),
+    "stylegan": ("resolution", "fade_alpha", "r1_penalty"),
     "latent-ddpm": (),
     "hopfield": ("patterns_stored",),
     "rbm": ("reconstruction_error", "free_energy_gap"),
 }
 MODEL_EVAL_METRICS: dict[str, tuple[str, ...]] = {
-    "byol": (), "simsiam": (),
+    # few-label linear probe (all four self-supervised encoders report it; see generative/contrastive.py)
+    "byol": ("linear_probe_accuracy_raw", *(f"probe_accuracy_{k}_per_class{sfx}"
+                                            for sfx in ("", "_untrained", "_raw") for k in (1, 5, 10))),
+    "simsiam": (),
     "cyclegan": ("class_kept_a_to_b", "class_kept_b_to_a", "target_domain_a_to_b", "target_domain_b_to_a",
-                 "cycle_error_a", "cycle_error_b"),
+                 "cycle_error_a", "cycle_error_b", "class_b_classifier_accuracy", "domain_classifier_accuracy"),
     "stylegan": (),
-    "latent-ddpm": ("sampling_s_per_image",),
-    "hopfield": ("recall_rate", "patterns_per_neuron", "energy_increases"),
-    "rbm": ("reconstruction_error", "linear_probe_accuracy_raw"),
+    "latent-ddpm": ("sampling_s_per_image", "reconstruction_frechet_distance"),
+    "hopfield": ("recall_rate", "recall_rate_exact", "stored_fixed_points", "patterns_stored", "patterns_per_neuron",
+                 "energy_increases", "capacity_random_hebbian", "capacity_random_pseudo_inverse",
+                 "capacity_digits_hebbian", "capacity_digits_pseudo_inverse"),
+    "rbm": ("reconstruction_error", "reconstruction_error_untrained", "linear_probe_accuracy_raw"),
 }
 UNET_DOWNSAMPLING = 4  # two 2x downsamplings in generative.unet.UNet
+
+
+def progressive_resolutions(spec: str | list[int] | tuple[int, ...], image_size: int) -> list[int]:
+    """gen.resolutions ("4,8,16" or [4, 8, 16]) as a list; it must run 4, 8, ... up to the data size."""
+    want = [4 * 2**i for i in range(max(0, (image_size // 4).bit_length()))]
+    fix = f"use gen.resolutions={','.join(map(str, want))}"
+    try:
+        res = [int(v) for v in str(spec).strip("[]() ").replace(" ", "").split(",") if v] \
+            if isinstance(spec, str) else [int(v) for v in spec]
+    except ValueError:
+        raise ConfigError(f"gen.resolutions={spec!r} is not a list of integers; {fix}") from None
+    if res != want:
+        raise ConfigError(f"gen.resolutions={spec!r} must start at 4, double at each step and end at "
+                          f"gen.image_size={image_size}; {fix}")
+    return res
 
 
 @dataclass
@@ -90,10 +110,33 @@ class GenConfig:
     moco_momentum: float = 0.99  # EMA of the online encoder: MoCo's key encoder and BYOL's target
     moco_queue: int = 256  # keep well below the data set size, or older keys of the same image act as negatives
     # ---- BYOL / SimSiam (generative/contrastive.py) ----
+    predictor_hidden: int = 128  # width of the predictor q (BYOL) / h (SimSiam): Linear-BN-ReLU-Linear
+    probe_draws: int = 5  # self-supervised encoders on digits: random label draws averaged by the few-label probe
     # ---- CycleGAN (generative/cyclegan.py) ----
+    cycle_weight: float = 10.0  # lambda of ||F(G(a)) - a||_1 + ||G(F(b)) - b||_1
+    identity_weight: float = 0.0  # weight of ||G(b) - b||_1 + ||F(a) - a||_1 (Zhu et al.: 0.5 x cycle; 0 = off)
+    residual_blocks: int = 3  # ResNet blocks in each generator, at half resolution
     # ---- style-based generator (generative/stylegan.py) ----
+    style_dim: int = 64  # w, the mapping network's output (z is gen.latent_dim, 64 by default for images)
+    mapping_layers: int = 4  # fully connected layers of the mapping network z -> w
+    resolutions: str | list[int] = "4,8,16"  # progressive growing: 4, 8, ... up to gen.image_size ("4,8,16" or [4, 8, 16])
+    fade_epochs: int = 3  # epochs over which each new resolution fades in (alpha 0 -> 1)
+    stable_epochs: int = 3  # epochs at each resolution once faded in (the last one trains to the end)
+    style_mixing: float = 0.9  # probability that a generated batch mixes two w's at a random crossover layer
+    r1_gamma: float = 10.0  # R1 penalty gamma/2 E||grad D(x)||^2 on real images (0 = off)
+    r1_every: int = 4  # R1 on every k-th discriminator step, weighted k times (lazy regularisation)
     # ---- latent diffusion (generative/latent_ddpm.py) ----
+    autoencoder: str = ""  # latent-ddpm: RUN_DIR of a 'gen train --model vae|cvae --data digits' run (frozen)
+    latent_source: Literal["mean", "sample"] = "mean"  # latent-ddpm: z = mu(x), or a draw from q(z|x) each step
     # ---- Hopfield network (generative/hopfield.py) and RBM (generative/rbm.py) ----
+    binarize: bool = False  # threshold images at 0.5 (hopfield and rbm need binary units: digits are grey)
+    hopfield_rule: Literal["hebbian", "pseudo-inverse"] = "hebbian"  # W = (1/N) sum xi xi^T, or the projection rule
+    hopfield_patterns: int = 20  # distinct binarised images stored (P; P/N = 0.078 at 16x16)
+    hopfield_sweeps: int = 20  # most asynchronous sweeps (N single-unit updates each) per recall
+    corruption: float = 0.1  # fraction of a stored pattern's pixels flipped before recall
+    cd_k: int = 1  # RBM: Gibbs steps of contrastive divergence CD-k (its hidden units: gen.hidden)
+    persistent_cd: bool = False  # RBM: negative chains persist across updates (PCD, Tieleman 2008)
+    gibbs_steps: int = 1000  # RBM: Gibbs steps of the chains that draw samples
     # evaluation / output
     eval_samples: int = 2500  # samples for the mode / digits metrics
     grid_samples: int = 64  # images in the PNG sample grid
@@ -126,6 +169,40 @@ class GenConfig:
             raise ConfigError(f"digit-domains holds two unpaired domains for cyclegan; use --data digits "
                               f"for {self.model!r}")
         # ---- model-specific checks (one block per model; see the section markers above) ----
+        # Hopfield network and RBM: binary units, so binarised digits; their sizes and rates
+        if self.model in ("hopfield", "rbm"):
+            if self.data != "digits":
+                raise ConfigError(f"{self.model} has binary units over image pixels and {self.data!r} holds no "
+                                  "such images; use --data digits --set gen.binarize=true")
+            if not self.binarize:
+                raise ConfigError(f"{self.model} needs binary units and digits are grey levels in [0, 1]; "
+                                  "set gen.binarize=true (pixels thresholded at 0.5)")
+            check_ranges("gen", self, {"hopfield_patterns": (">= 1", "distinct images stored, e.g. 20"),
+                                       "hopfield_sweeps": ">= 1", "corruption": "[0, 0.5]",
+                                       "cd_k": (">= 1", "1 = CD-1"), "gibbs_steps": ">= 1"})
+        elif self.binarize:
+            raise ConfigError(f"gen.binarize is read by hopfield and rbm only; drop it for {self.model!r}")
+        # latent diffusion: gen.autoencoder must be a vae/cvae run on the same data (read here, so
+        # a bad path is refused before Ray Train starts)
+        if self.model == "latent-ddpm":
+            from generative.latent_ddpm import check_autoencoder
+
+            check_autoencoder(self)
+        # BYOL / SimSiam: the predictor's width; the few-label probe's draws
+        check_ranges("gen", self, {"predictor_hidden": (">= 1", "width of the predictor MLP, e.g. 128"),
+                                   "probe_draws": (">= 1", "random label draws per few-label probe, e.g. 5")})
+        # style-based generator: its sizes and the progressive-growing schedule 4, 8, ..., gen.image_size
+        if self.model == "stylegan":
+            if self.data != "digits":
+                raise ConfigError(f"stylegan generates images and {self.data!r} holds none it can grow; use --data digits")
+            check_ranges("gen", self, {"style_dim": ">= 1", "mapping_layers": ">= 1", "fade_epochs": ">= 0",
+                                       "stable_epochs": ">= 0", "style_mixing": "[0, 1]",
+                                       "r1_gamma": (">= 0", "0 = no R1 penalty"), "r1_every": ">= 1"})
+            progressive_resolutions(self.resolutions, self.image_size)
+        # CycleGAN: the loss weights and the generators' depth
+        check_ranges("gen", self, {"cycle_weight": (">= 0", "lambda of the cycle loss; 10 in Zhu et al."),
+                                   "identity_weight": (">= 0", "0 = no identity loss"),
+                                   "residual_blocks": ">= 0"})
         if self.data == "digits" and self.model == "ddpm" and self.image_size % UNET_DOWNSAMPLING:
             raise ConfigError(
                 f"gen.image_size={self.image_size} is not divisible by the U-Net's downsampling "
