@@ -1,4 +1,5 @@
-"""Offline datasets: 8-Gaussian ring, 25-Gaussian grid, 8x8 digits (padded/upsampled), Atari frames.
+"""Offline datasets: 8-Gaussian ring, 25-Gaussian grid, 8x8 digits (padded/upsampled), Atari frames,
+and two unpaired digit domains (plain / thick-inverted) for image-to-image translation.
 
 Everything is generated or loaded locally (nothing is downloaded). Each dataset is a pair of
 tensors ``(x, y)`` (``y`` is None when unlabelled); ``shard`` gives each Ray Train worker its
@@ -64,6 +65,32 @@ def digits(image_size: int = 16, split: str = "train", seed: int = 0) -> tuple[t
         raise ReinforgeError(f"digits image size {image_size} unsupported; use 16 or 32")
     return x.clamp(0, 1), y
 
+
+
+# --- two unpaired digit domains (CycleGAN) ---------------------------------------------------------
+def style_b(x: torch.Tensor) -> torch.Tensor:
+    """Domain B's fixed style: strokes thickened by a max-pool dilation, then intensities inverted
+    (dark thick digits on a white background). ``x`` in [0, 1], (N, 1, S, S)."""
+    k = 2 * (x.shape[-1] // 16) + 1  # 3x3 at 16x16, 5x5 at 32x32
+    return 1.0 - torch.nn.functional.max_pool2d(x, k, stride=1, padding=k // 2)
+
+
+def digit_domains(image_size: int = 16, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two unpaired domains from one digits split: ``(x, y, source)``.
+
+    The split's digits are cut in two disjoint halves (fixed seed): domain A is the first half as
+    it is, domain B the second half under ``style_b``. Row i holds A image ``source[i, 0]`` in
+    channel 0 and an unrelated B image ``source[i, 1]`` (indices into ``digits(image_size,
+    split)``) in channel 1, so no row (or anything else) shows a digit next to its own styled
+    version. ``y[i]`` holds both labels, for evaluation only; x is (N, 2, S, S) in [0, 1].
+    """
+    x, y = digits(image_size, split)
+    rng = np.random.default_rng(1 if split == "train" else 2)
+    perm = torch.from_numpy(rng.permutation(len(x)))
+    n = len(x) // 2
+    src = torch.stack([perm[:n], perm[n : 2 * n]], dim=1)
+    pair = torch.cat([x[src[:, 0]], style_b(x[src[:, 1]])], dim=1)
+    return pair, y[src], src
 
 # --- Atari frames ----------------------------------------------------------------------------
 def cache_dir() -> Path:
@@ -140,13 +167,16 @@ def load(cfg, split: str = "train", seed: int = 0, frames_path: str | None = Non
         return Split(mixture(cfg.data, n, seed if split == "train" else seed + 10_007))
     if cfg.data == "digits":
         return Split(*digits(cfg.image_size, split))
+    if cfg.data == "digit-domains":
+        x, y, _ = digit_domains(cfg.image_size, split)
+        return Split(x, y)
     if cfg.data == "atari-frames":
         if frames_path is None:
             raise ReinforgeError("atari-frames needs a recorded dataset; the pipeline records it before training")
         x = load_atari_frames(frames_path)
         cut = int(0.9 * len(x))
         return Split(x[:cut] if split == "train" else x[cut:])
-    raise ReinforgeError(f"unknown data {cfg.data!r}; use ring8, grid25, digits or atari-frames")
+    raise ReinforgeError(f"unknown data {cfg.data!r}; use ring8, grid25, digits, atari-frames or digit-domains")
 
 
 def shard(data: Split, rank: int, world: int) -> Split:

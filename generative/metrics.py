@@ -60,15 +60,11 @@ class DigitsClassifier(nn.Module):
 
 
 @torch.enable_grad()
-def train_digits_classifier(size: int = 16, epochs: int = 15, seed: int = 0) -> tuple[DigitsClassifier, float]:
-    """Train on the digits training split (with small random shifts); returns (model, test accuracy)."""
+def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 15, seed: int = 0) -> nn.Module:
+    """Cross-entropy with Adam (lr 2e-3, batches of 64) on random one-pixel shifts of the images."""
     from generative.contrastive import random_shift
 
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    x, y = digits(size, "train")
-    xt, yt = digits(size, "test")
-    model = DigitsClassifier(size)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
@@ -78,30 +74,44 @@ def train_digits_classifier(size: int = 16, epochs: int = 15, seed: int = 0) -> 
             opt.zero_grad()
             loss.backward()
             opt.step()
-    model.eval()
+    return model.eval()
+
+
+def train_digits_classifier(size: int = 16, epochs: int = 15, seed: int = 0) -> tuple[DigitsClassifier, float]:
+    """Train on the digits training split (with small random shifts); returns (model, test accuracy)."""
+    torch.manual_seed(seed)
+    x, y = digits(size, "train")
+    xt, yt = digits(size, "test")
+    model = fit_classifier(DigitsClassifier(size), x, y, epochs, seed)
     with torch.no_grad():
         acc = float((model(xt).argmax(1) == yt).float().mean())
     return model, acc
 
 
-def digits_classifier(size: int = 16) -> DigitsClassifier:
-    """The cached classifier (trained once, a few seconds, saved as safetensors under the cache dir)."""
+def cached_classifier(path: Path, fresh, train) -> nn.Module:
+    """The network saved at ``path`` (safetensors) loaded into ``fresh()``; when the file is missing
+    or does not fit, ``train()`` makes one (training data only) and it is saved there."""
     from safetensors.torch import load_file, save_file
 
-    path = cache_dir() / f"digits-classifier-{size}.safetensors"
-    model = DigitsClassifier(size)
+    model = fresh()
     if path.is_file():
         try:
             model.load_state_dict(load_file(str(path)))
             return model.eval()
         except Exception:  # a stale or cut file: retrain below
             pass
-    model, _ = train_digits_classifier(size)
+    model = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{path}.tmp-{os.getpid()}")
     save_file(model.state_dict(), str(tmp))
     os.replace(tmp, path)
     return model.eval()
+
+
+def digits_classifier(size: int = 16) -> DigitsClassifier:
+    """The cached classifier (trained once, a few seconds, saved as safetensors under the cache dir)."""
+    return cached_classifier(cache_dir() / f"digits-classifier-{size}.safetensors", lambda: DigitsClassifier(size),
+                             lambda: train_digits_classifier(size)[0])
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
