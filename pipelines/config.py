@@ -326,7 +326,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """The pipeline configs among the presets (``sweep-*`` files are listed by ``list_sweeps``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("sweep-"))
+
+
+def list_sweeps() -> list[str]:
+    """The sweep files among the presets: ``reinforge tune sweep-<name>``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("sweep-*.yaml"))
 
 
 def preset_path(name: str) -> Path:

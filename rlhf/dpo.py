@@ -21,6 +21,7 @@ class DPOStageConfig(PolicyTraining):
     learning_rate: float = 1e-4
     max_pairs: int = 0  # > 0: train on a seeded random subset of this many pairs (K-wise sets are large)
     logging_steps: int = 10
+    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints (0 = none)
 
     def validate(self) -> None:
         if self.beta <= 0 or self.epochs <= 0 or self.learning_rate <= 0 or self.batch_size < 1:
@@ -29,6 +30,8 @@ class DPOStageConfig(PolicyTraining):
             raise ConfigError("dpo.max_pairs must be >= 0 (0 = every pair)")
         if self.logging_steps < 1:
             raise ConfigError(f"dpo.logging_steps must be >= 1, got {self.logging_steps}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"dpo.checkpoint_every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}")
         self.validate_policy_training("dpo")
 
 
@@ -49,6 +52,7 @@ def train_dpo(cfg: DPOStageConfig, sft_dir: Path, pairs, out_dir: Path, run_dir=
     switched off (TRL's way), else a second frozen copy."""
     from trl import DPOConfig, DPOTrainer
 
+    from rlhf.checkpoints import train_resumable
     from rlhf.models import (
         finished_policy,
         load_policy,
@@ -73,7 +77,7 @@ def train_dpo(cfg: DPOStageConfig, sft_dir: Path, pairs, out_dir: Path, run_dir=
                          processing_class=tok, peft_config=lora_config(cfg, model) if cfg.lora_r > 0 else None,
                          callbacks=[run_dir_callback(run_dir, "dpo")])
     quiet_trainer(trainer)
-    result = trainer.train()
+    result = train_resumable(trainer, run_dir, cfg.checkpoint_every)
     model = finished_policy(trainer.model.to("cpu"), cfg)
     save_artifact(model, tok, out_dir, "dpo", task=task.stamp() if task is not None else None,
                   parent={"sft": str(sft_dir)}, beta=cfg.beta)

@@ -164,6 +164,7 @@ class GRPOLearner(PolicyLearner):
         self.opt_pi.load_state_dict(objects["optimizer"])
         self.iteration_done = int(objects["state"]["iteration"])
         self.rng.bit_generator.state = objects["state"]["rng"]
+        self.use_config_hyperparameters()
         self.push_weights()
 
 

@@ -316,6 +316,13 @@ class PolicyLearner:
     def close(self) -> None:
         self.group.close()
 
+    def use_config_hyperparameters(self) -> None:
+        """After a restore, the config's learning rates (and fixed KL coefficient) replace the
+        checkpoint's: a plain resume changes nothing, and a PBT exploit, which copies another
+        trial's checkpoint under newly perturbed settings, trains with the new ones."""
+        for group in self.opt_pi.param_groups:
+            group["lr"] = self.cfg.learning_rate
+
     def push_weights(self) -> None:
         self.group.push(self.policy)
 
@@ -425,7 +432,15 @@ class PPOLearner(PolicyLearner):
         st = objects["state"]
         self.iteration_done, self.kl_ctl.value = int(st["iteration"]), float(st["beta"])
         self.rng.bit_generator.state = st["rng"]
+        self.use_config_hyperparameters()
         self.push_weights()
+
+    def use_config_hyperparameters(self) -> None:
+        super().use_config_hyperparameters()
+        for group in self.opt_v.param_groups:
+            group["lr"] = self.cfg.critic_learning_rate
+        if self.cfg.target_kl is None:  # a fixed beta is a setting; an adaptive one is state
+            self.kl_ctl.value = self.cfg.kl_coef
 
 
 def policy_loop(learner, iterations: int, batch_size: int, eval_every: int, checkpoint_every: int,

@@ -39,8 +39,19 @@ class RewardStageConfig:
     disable_dropout: bool = True  # train with dropout off, as the RLHF implementation-details literature does
     heldout_fraction: float = 0.2  # of a user preference set; simulated sets use held-out melodies' prompts
     logging_steps: int = 10
+    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints (0 = none)
+    eval_every: int = 0  # optimizer steps between held-out accuracy rows (0 = at the end only; ASHA needs > 0)
+    model_type: str = "bt"  # bt (one Bradley-Terry reward) | vpl (a rater-conditioned reward r(x, z), rlhf/vpl.py)
+    latent_dim: int = 8  # vpl: dimension of the rater latent z
+    context_pairs: int = 8  # vpl: one rater's labelled pairs the encoder infers z from
+    kl_weight: float = 1.0  # vpl: beta of the KL(q(z | pairs) || N(0, I)) term of the ELBO
+    encoder_hidden: int = 64  # vpl: width of the pair-embedding MLP
+    rater_column: str = "rater"  # vpl: the preference set's rater id column
+    conditioned_raters: int = 8  # vpl: training raters whose conditioned reward r(x, z_rater) is saved
 
     def validate(self) -> None:
+        if self.checkpoint_every < 0 or self.eval_every < 0:
+            raise ConfigError("reward.checkpoint_every and reward.eval_every must be >= 0 (0 = off)")
         if self.epochs <= 0 or self.batch_size < 1 or self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("reward.epochs and reward.learning_rate must be > 0, reward.batch_size >= 1, "
                               "reward.weight_decay >= 0")
@@ -52,6 +63,16 @@ class RewardStageConfig:
             raise ConfigError("reward.heldout_fraction must be in (0, 1)")
         if self.logging_steps < 1:
             raise ConfigError(f"reward.logging_steps must be >= 1, got {self.logging_steps}")
+        if self.model_type not in ("bt", "vpl"):
+            raise ConfigError(f"reward.model_type={self.model_type!r}: use bt (Bradley-Terry) or vpl (rater-conditioned)")
+        if self.model_type == "vpl":
+            if self.trainer != "grouped":
+                raise ConfigError("reward.model_type=vpl trains with its own ELBO loop: leave reward.trainer=grouped")
+            if self.latent_dim < 1 or self.context_pairs < 1 or self.encoder_hidden < 1 or self.conditioned_raters < 0:
+                raise ConfigError("reward.latent_dim, reward.context_pairs and reward.encoder_hidden must be >= 1, "
+                                  "reward.conditioned_raters >= 0")
+            if self.kl_weight < 0:
+                raise ConfigError(f"reward.kl_weight must be >= 0 (1 = the ELBO), got {self.kl_weight}")
 
 
 def bradley_terry_loss(r_chosen, r_rejected):
@@ -163,13 +184,19 @@ def grouped_batches(groups, max_texts: int, rng: np.random.Generator):
 
 
 def train_grouped(cfg: RewardStageConfig, model, tokenizer, train_pairs, run_dir=None, seed: int = 0,
-                  device: str = "auto") -> float:
+                  device: str = "auto", heldout_pairs=None) -> float:
     """Minimise ``bradley_terry_loss`` over every pair (AdamW, linear decay, grad-norm clip 1);
-    returns the mean training loss. Shows one progress bar over the optimizer steps."""
+    returns the mean training loss. Shows one progress bar over the optimizer steps. Every
+    ``checkpoint_every`` steps the model, optimizer, scheduler and losses go to a run-dir
+    checkpoint; a run dir that holds one continues from its step (the batches of each epoch are
+    seeded, so the ones already trained on are skipped). Every ``eval_every`` steps the
+    held-out accuracy is logged (what ``reinforge tune --scheduler asha`` stops trials on)."""
     import torch
 
+    from cluster.checkpoint import load_checkpoint
     from cluster.progress import progress
     from cluster.runtime import select_device
+    from rlhf.checkpoints import trainable_state
     from rlhf.models import pack, sequence_scores
 
     dev = select_device(device)
@@ -181,9 +208,21 @@ def train_grouped(cfg: RewardStageConfig, model, tokenizer, train_pairs, run_dir
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / total)
     step, losses, window = 0, [], []
-    with progress(total=total, desc="reward", unit="step") as bar:
+    latest = run_dir.latest_checkpoint() if run_dir is not None else None
+    if latest is not None:
+        ckpt = load_checkpoint(latest)
+        model.load_state_dict(ckpt["model"], strict=False)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step, losses = int(ckpt["state"]["step"]), list(ckpt["state"]["losses"])
+        print(f"resumed the reward model at step {step} from {latest}")
+    done = step
+    with progress(total=total, desc="reward", unit="step", initial=step) as bar:
         for epoch in range(math.ceil(cfg.epochs)):
             for texts, ch, rj in grouped_batches(groups, cfg.texts_per_batch, np.random.default_rng(seed + 1 + epoch)):
+                if done > 0:  # trained on before the checkpoint this run resumed from
+                    done -= 1
+                    continue
                 b = pack([ids[t] for t in texts], [[] for _ in texts], tokenizer.pad_token_id)
                 r = sequence_scores(model, b["input_ids"].to(dev), b["attention_mask"].to(dev),
                                     position_ids=b["position_ids"].to(dev))
@@ -205,6 +244,17 @@ def train_grouped(cfg: RewardStageConfig, model, tokenizer, train_pairs, run_dir
                     if run_dir is not None:
                         run_dir.log(row, step=step)
                     window = []
+                if heldout_pairs is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    model.eval()
+                    acc = bt_accuracy(*pair_scores(model, tokenizer, heldout_pairs)[:2])
+                    model.train()
+                    bar.update(0, heldout_accuracy=acc)
+                    if run_dir is not None:
+                        run_dir.log({"heldout_accuracy": acc}, step=step)
+                if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                    run_dir.save_checkpoint(step, {"model": trainable_state(model), "optimizer": opt.state_dict(),
+                                                   "scheduler": sched.state_dict(),
+                                                   "state": {"step": step, "losses": losses}}, keep=2)
                 bar.update(1)
                 if step >= total:
                     return float(np.mean(losses))
@@ -218,12 +268,14 @@ def score_texts(model, tokenizer, texts: list[str], offset: float = 0.0, batch_s
     from rlhf.models import pack, sequence_scores
 
     model.eval()
+    dev = next(model.parameters()).device  # also mid-training, on the trainer's device
     out = []
     for i in range(0, len(texts), batch_size):
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i:i + batch_size]]
         b = pack(ids, [[] for _ in ids], tokenizer.pad_token_id)
         with torch.no_grad():
-            out.append(sequence_scores(model, b["input_ids"], b["attention_mask"], offset, b["position_ids"]).numpy())
+            out.append(sequence_scores(model, b["input_ids"].to(dev), b["attention_mask"].to(dev), offset,
+                                       b["position_ids"].to(dev)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -250,7 +302,7 @@ def evaluate_pairs(model, tokenizer, ds, offset: float = 0.0, temperature: float
     rc, rr, _ = pair_scores(model, tokenizer, ds, offset)
     out = {"heldout_pairs": len(rc), "heldout_accuracy": bt_accuracy(rc, rr),
            "heldout_bt_loss": float(bradley_terry_loss(torch.tensor(rc), torch.tensor(rr)))}
-    if "rater" in ds.column_names:
+    if "rater_chosen" in ds.column_names:  # simulated rater kinds (a user's own rater ids have no kind scores)
         out.update(divergent_raters_report(rc, rr, ds, temperature))
     if "gold_chosen" in ds.column_names:
         from rlhf.raters import bayes_optimal_accuracy
@@ -300,9 +352,14 @@ def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pai
     save."""
     from rlhf.models import fold_offset, save_artifact
 
+    if cfg.model_type == "vpl":
+        from rlhf.vpl import train_vpl_reward
+
+        return train_vpl_reward(cfg, sft_dir, train_pairs, heldout_pairs, out_dir, run_dir, seed, device, temperature,
+                                task, allow_pickle)
     model, tok = reward_model_from_sft(sft_dir, dropout=not cfg.disable_dropout, task=task, allow_pickle=allow_pickle)
     if cfg.trainer == "grouped":
-        train_loss = train_grouped(cfg, model, tok, train_pairs, run_dir, seed, device)
+        train_loss = train_grouped(cfg, model, tok, train_pairs, run_dir, seed, device, heldout_pairs)
     else:
         train_loss = _train_trl(cfg, model, tok, train_pairs, out_dir, run_dir, seed, device)
     model = model.to("cpu")
@@ -321,6 +378,7 @@ def _train_trl(cfg: RewardStageConfig, model, tok, train_pairs, out_dir: Path, r
     """The same loss through TRL's ``RewardTrainer`` (every pair forwarded on its own)."""
     from trl import RewardConfig, RewardTrainer
 
+    from rlhf.checkpoints import train_resumable
     from rlhf.models import quiet_trainer, run_dir_callback, trainer_device_args
 
     args = RewardConfig(
@@ -331,4 +389,4 @@ def _train_trl(cfg: RewardStageConfig, model, tok, train_pairs, out_dir: Path, r
     trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize_pairs(train_pairs, tok), processing_class=tok,
                             callbacks=[run_dir_callback(run_dir, "reward")])
     quiet_trainer(trainer)
-    return float(trainer.train().training_loss)
+    return float(train_resumable(trainer, run_dir, cfg.checkpoint_every).training_loss)

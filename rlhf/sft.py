@@ -29,6 +29,7 @@ class SFTStageConfig(PolicyTraining):
     learning_rate: float = 2e-3
     warmup_ratio: float = 0.05
     logging_steps: int = 10
+    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints (0 = none)
     completion_only_loss: bool = True  # prompt-completion data: loss on the completion tokens only
     assistant_only_loss: bool | None = None  # messages data; None: when the chat template marks assistant turns
 
@@ -42,7 +43,7 @@ class SFTStageConfig(PolicyTraining):
         from cluster.run_config import check_ranges
 
         check_ranges("sft", self, {"n_layer": ">= 1", "n_embd": ">= 1", "n_head": ">= 1", "logging_steps": ">= 1",
-                                   "epochs": ">= 0", "dropout": "[0, 1)", "warmup_ratio": "[0, 1)"})
+                                   "checkpoint_every": (">= 0", "0 = no checkpoints"), "epochs": ">= 0", "dropout": "[0, 1)", "warmup_ratio": "[0, 1)"})
         if self.model == "tiny" and self.n_embd % self.n_head:
             raise ConfigError(f"sft.n_embd={self.n_embd} must be divisible by sft.n_head={self.n_head}")
         self.validate_policy_training("sft")
@@ -103,6 +104,7 @@ def train_sft(cfg: SFTStageConfig, task, out_dir: Path, run_dir=None, seed: int 
     """Fine-tune on the task's SFT data and save the artifact to ``out_dir``."""
     from trl import SFTTrainer
 
+    from rlhf.checkpoints import train_resumable
     from rlhf.models import finished_policy, lora_config, quiet_trainer, run_dir_callback, save_artifact
 
     model, tok = build_model(cfg, task, allow_pickle)
@@ -113,7 +115,7 @@ def train_sft(cfg: SFTStageConfig, task, out_dir: Path, run_dir=None, seed: int 
                          processing_class=tok, peft_config=lora_config(cfg, model) if cfg.lora_r > 0 else None,
                          callbacks=[run_dir_callback(run_dir, "sft")])
     quiet_trainer(trainer)
-    result = trainer.train()
+    result = train_resumable(trainer, run_dir, cfg.checkpoint_every)
     ev = trainer.evaluate()
     model = finished_policy(trainer.model, cfg)
     save_artifact(model, tok, out_dir, "sft", task=task.stamp(), base_model=cfg.model, data_format=kind,

@@ -24,9 +24,12 @@ def show_config(args: argparse.Namespace) -> int:
 
 
 def list_configs(args: argparse.Namespace) -> int:
-    from pipelines.config import list_presets, load_yaml, preset_path
+    from pipelines.config import list_presets, list_sweeps, load_yaml, preset_path
 
     for name in list_presets():
         data = load_yaml(preset_path(name))
         print(f"{name:<28} {data.get('pipeline', '?')}")
+    for name in list_sweeps():  # reinforge tune NAME
+        sweep = load_yaml(preset_path(name))["sweep"]
+        print(f"{name:<28} tune {sweep.get('preset', '?')} ({sweep.get('scheduler', 'fifo')})")
     return 0
