@@ -133,6 +133,37 @@ def sample_loop(model, sched: Schedule, shape: tuple[int, ...], device, y: torch
     return x
 
 
+def descend(loss: torch.Tensor, opt: torch.optim.Optimizer, net: nn.Module, net_ema=None) -> float:
+    """One optimiser step on L_simple, then the EMA of the noise network's weights (when kept)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if net_ema is not None:
+        net_ema.update_parameters(unwrap(net))
+    return float(loss.detach())
+
+
+def sampling_net(net: nn.Module, net_ema=None) -> nn.Module:
+    """The network Algorithm 2 runs: the weight average when kept (Ho et al.), else the live one."""
+    return net_ema.module if net_ema is not None else unwrap(net)
+
+
+@torch.no_grad()
+def guided_samples(net: nn.Module, net_ema, sched: Schedule, shape: tuple[int, ...], device, num_classes: int,
+                   labels: torch.Tensor | None = None, w: float = 0.0, variance: str = "beta",
+                   clip_x0: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x_0, y): Algorithm 2 with the sampling network in eval mode; labels 0, 1, ..., K-1 in turn
+    unless given (conditional models), none otherwise."""
+    model = sampling_net(net, net_ema)
+    model.eval()
+    y = None
+    if num_classes:
+        y = (labels if labels is not None else torch.arange(shape[0]) % num_classes).to(device)
+    x = sample_loop(model, sched, shape, device, y, num_classes, w, variance, clip_x0)
+    model.train()
+    return x, y
+
+
 # --- the model the training loop drives ----------------------------------------------------------
 class DDPMModel:
     def __init__(self, cfg, data_shape: tuple[int, ...], num_classes: int, device: torch.device):
@@ -170,23 +201,12 @@ class DDPMModel:
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         else:
             y = None
-        loss = epsilon_loss(self.net, self.sched, x0, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        if self.net_ema is not None:
-            self.net_ema.update_parameters(unwrap(self.net))
-        return {"loss": float(loss.detach())}
+        return {"loss": descend(epsilon_loss(self.net, self.sched, x0, y), self.opt, self.net, self.net_ema)}
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
-        net = self.net_ema.module if self.net_ema is not None else unwrap(self.net)
-        net.eval()
-        y = None
-        if self.num_classes:
-            y = (labels if labels is not None else torch.arange(n) % self.num_classes).to(self.device)
         w = self.cfg.guidance_scale if guidance is None else guidance
-        x = sample_loop(net, self.sched, (n, *self.data_shape), self.device, y, self.num_classes, w,
-                        self.cfg.sampling_variance, 1.0 if self.image and self.cfg.clip_denoised else None)
-        net.train()
+        x, _ = guided_samples(self.net, self.net_ema, self.sched, (n, *self.data_shape), self.device,
+                              self.num_classes, labels, w, self.cfg.sampling_variance,
+                              1.0 if self.image and self.cfg.clip_denoised else None)
         return ((x.clamp(-1, 1) + 1) / 2) if self.image else x
