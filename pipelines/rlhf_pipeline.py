@@ -1,5 +1,5 @@
 """RLHF pipelines: each stage is its own registry pipeline (``rlhf-sft``, ``rlhf-reward``,
-``rlhf-ppo``, ``rlhf-grpo``, ``rlhf-dpo``, ``rlhf-eval``) so any stage runs, resumes or is
+``rlhf-ppo``, ``rlhf-grpo``, ``rlhf-dpo``, ``rlhf-seqtutor``, ``rlhf-eval``) so any stage runs, resumes or is
 swept alone; ``rlhf-all`` chains stages (SFT -> reward -> PPO by default) in sub run dirs of
 one run dir.
 
@@ -26,6 +26,7 @@ from rlhf.grpo import GRPOStageConfig
 from rlhf.ppo import PPOStageConfig
 from rlhf.raters import RaterConfig
 from rlhf.reward import RewardStageConfig
+from rlhf.seqtutor import SeqTutorStageConfig
 from rlhf.sft import SFTStageConfig
 from rlhf.tasks import RLHFDataConfig
 
@@ -61,6 +62,13 @@ class RLInputs(RewardFnInputs, StageInputs):
 @dataclass
 class ChainInputs(RewardFnInputs, ModelInputs):
     pass
+
+
+@dataclass
+class RuleInputs(RewardFnInputs, ModelInputs):
+    """Sequence Tutor's: the SFT prior and the rule reward (--reward-fn; default gold where the task has one)."""
+
+    sft: str | None = None
 
 
 @dataclass
@@ -112,6 +120,14 @@ class RLHFGRPOExperiment:
     data: RLHFDataConfig = field(default_factory=RLHFDataConfig)
     inputs: RLInputs = field(default_factory=RLInputs)
     grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+
+
+@dataclass
+class RLHFSeqTutorExperiment:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: RLHFDataConfig = field(default_factory=RLHFDataConfig)
+    inputs: RuleInputs = field(default_factory=RuleInputs)
+    seqtutor: SeqTutorStageConfig = field(default_factory=SeqTutorStageConfig)
 
 
 @dataclass
@@ -246,6 +262,10 @@ def run_reward(exp: RLHFRewardExperiment, run_dir) -> dict[str, Any]:
     if (done := _done(run_dir)) is not None:
         return done
     task = _task(exp, stamp)
+    if exp.reward.model_type == "vpl":  # a rater id column, refused before any sampling or training
+        from rlhf.vpl import check_simulated_raters
+
+        check_simulated_raters(exp.raters.profiles, exp.reward.rater_column, task.name == "melody" and not exp.data.preferences)
     tok = _tokenizer(sft_dir, task)
     train, held = task.preferences(tok, lambda: load_policy(sft_dir, "--sft", exp.inputs.allow_pickle), exp.raters,
                                    exp.run.seed)
@@ -295,6 +315,44 @@ def run_grpo(exp: RLHFGRPOExperiment, run_dir) -> dict[str, Any]:
     from rlhf.grpo import train_grpo
 
     return _rl_stage(exp, run_dir, "grpo", exp.grpo, train_grpo)
+
+
+def _rule_reward_fn(exp, parent: dict[str, Any] | None) -> str:
+    """Sequence Tutor's rule reward: --reward-fn, else the task's gold; none: one line."""
+    from rlhf.rewards import GOLD
+    from rlhf.tasks import TASK_CLASSES, task_name
+
+    if exp.inputs.reward_fn:
+        return exp.inputs.reward_fn
+    task = task_name(exp.data, parent)
+    if not TASK_CLASSES[task].has_gold:
+        raise ConfigError(f"rlhf seqtutor needs a rule reward: the {task} task has no gold; give "
+                          "--reward-fn module:function")
+    return GOLD
+
+
+def run_seqtutor(exp: RLHFSeqTutorExperiment, run_dir) -> dict[str, Any]:
+    """Sequence Tutor: KL-regularised Q-, Psi- or G-learning from the SFT prior on the rule reward."""
+    from dataclasses import replace
+
+    from rlhf.evaluate import plot_gold_vs_kl
+    from rlhf.seqtutor import train_seqtutor
+
+    cfg = exp.seqtutor
+    sft_dir, stamp = _sft(exp)
+    inputs = replace(exp.inputs, reward_fn=_rule_reward_fn(exp, stamp))
+    if (done := _done(run_dir)) is not None and done.get("iterations", 0) >= cfg.iterations:
+        return done
+    task = _task(exp, stamp)
+    train, held = task.prompt_sets(_tokenizer(sft_dir, task))
+    metrics = train_seqtutor(cfg, sft_dir, train, held.cycle(cfg.eval_prompts), run_dir.path / "model", run_dir,
+                             exp.run.seed, exp.run.device, log=print, reward=_reward(inputs, task, has_model=False),
+                             task=task, allow_pickle=exp.inputs.allow_pickle)
+    plot_gold_vs_kl(run_dir.read_metrics(), run_dir.plots / "gold_vs_kl.png", f"Sequence Tutor ({cfg.algo})")
+    run_dir.plot("seqtutor_training", ["proxy_reward", "gold_reward", "kl", "td_loss", "q_mean", "entropy"],
+                 title=f"Sequence Tutor ({cfg.algo}) training batches")
+    metrics["model"] = str(run_dir.path / "model")
+    return _finish(run_dir, metrics)
 
 
 def run_dpo(exp: RLHFDPOExperiment, run_dir) -> dict[str, Any]:
@@ -444,9 +502,12 @@ REWARD_RESULT = (
     "single_reward_ceiling", "mean_score_correlation",
     *(f"rater_{k}/{m}" for k in RATER_KINDS for m in ("pairs", "heldout_accuracy", "bayes_optimal_accuracy",
                                                        "score_correlation")),
+    # reward.model_type=vpl (rlhf/vpl.py): held-out accuracy per rater under z inferred from its pairs
+    "vpl_pairs", "vpl_raters", "vpl_accuracy", *(f"vpl_{m}_{k}" for k in RATER_KINDS for m in ("accuracy", "gap")),
 )
 REWARD_METRICS = _names(
     ("reward/loss", "reward/accuracy", "reward/learning_rate", "reward/epoch"),  # the grouped trainer's rows
+    ("reward/kl",),  # reward.model_type=vpl: KL(q(z | pairs) || N(0, I)) of the training episodes
     _trainer_rows("reward", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"),  # reward.trainer=trl
     _with_final(*REWARD_RESULT),
 )
@@ -461,6 +522,10 @@ PPO_METRICS = _names(PPO_ROWS, _with_final(*PPO_RESULT))
 GRPO_ROWS = (*_RL_ROWS, "reward_std", "kl_loss")
 GRPO_RESULT = (*_RL_RESULT, *(f"{who}_{k}" for who in ("sft", "grpo") for k in _RL_EVAL))
 GRPO_METRICS = _names(GRPO_ROWS, _with_final(*GRPO_RESULT))
+SEQTUTOR_ROWS = (*(k for k in _RL_ROWS if k not in ("policy_loss", "clip_fraction", "approx_kl")),
+                 "td_loss", "q_mean", "target_mean", "buffer_transitions")
+SEQTUTOR_RESULT = (*_RL_RESULT, *(f"{who}_{k}" for who in ("sft", "seqtutor") for k in _RL_EVAL))
+SEQTUTOR_METRICS = _names(SEQTUTOR_ROWS, _with_final(*SEQTUTOR_RESULT))
 
 EVAL_RESULT = ("samples", "gold_reward", "gold_reward_sem", "eos_fraction", "completion_length",
                *(f"gold/{rule}" for rule in GOLD_RULES), "proxy_reward", "kl_to_reference")
@@ -508,6 +573,14 @@ def _check_reward_fn(exp, parent: dict[str, Any] | None) -> None:
             raise ConfigError(f"--reward-fn gold: the {task} task has no gold; give module:function")
     elif name:
         load_reward_fn(name)
+
+
+def _needs_sft_and_rule_reward(exp) -> None:
+    """Sequence Tutor: an SFT prior and a rule reward (--reward-fn, or the task's gold)."""
+    from dataclasses import replace
+
+    _, stamp = _sft(exp)
+    _check_reward_fn(replace(exp, inputs=replace(exp.inputs, reward_fn=_rule_reward_fn(exp, stamp))), stamp)
 
 
 def _needs_model(exp) -> None:
@@ -560,4 +633,8 @@ PIPELINES = (
              "RLHF: gold reward, proxy reward and KL of a policy on held-out prompts", uses_ray=False,
              metrics=EVAL_METRICS, tune_metric=("gold_reward", "max"),
              preflight=_needs_model),
+    Pipeline("rlhf-seqtutor", RLHFSeqTutorExperiment, run_seqtutor,
+             "RLHF: Sequence Tutor, KL-regularised Q-, Psi- or G-learning from the SFT prior on a rule reward",
+             uses_ray=False, metrics=SEQTUTOR_METRICS, tune_metric=("eval_gold_reward", "max"),
+             preflight=_needs_sft_and_rule_reward),
 )

@@ -29,8 +29,9 @@ from cluster.errors import ConfigError
 STAMP = "reinforge.json"
 MODEL_SUBDIR = "model"
 STAGE_WRITER = {"sft": "reinforge rlhf sft", "reward": "reinforge rlhf reward", "ppo": "reinforge rlhf ppo",
-                "grpo": "reinforge rlhf grpo", "dpo": "reinforge rlhf dpo"}
-POLICY_STAGES = ("sft", "ppo", "grpo", "dpo")
+                "grpo": "reinforge rlhf grpo", "dpo": "reinforge rlhf dpo",
+                "seqtutor": "reinforge rlhf seqtutor"}
+POLICY_STAGES = ("sft", "ppo", "grpo", "dpo", "seqtutor")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index")
 
 

@@ -34,7 +34,8 @@ PROBABILITIES = {
     "rl.epsilon_start", "rl.epsilon_end", "rl.eval_epsilon", "rl.apex_base",
     "gen.ema_decay", "gen.cond_drop", "gen.moco_momentum", "gen.beta_start", "gen.beta_end",
     "sft.dropout", "sft.lora_dropout", "ppo.lora_dropout", "grpo.lora_dropout", "dpo.lora_dropout",
-    "ppo.gamma", "ppo.gae_lambda", "data.eval_fraction", "data.melody.validation_fraction",
+    "ppo.gamma", "ppo.gae_lambda", "seqtutor.gamma", "seqtutor.tau", "seqtutor.epsilon", "seqtutor.lora_dropout",
+    "data.eval_fraction", "data.melody.validation_fraction",
     "data.arithmetic.error_rate", "reward.heldout_fraction",
 }
 # A float whose name says it is one of those must be listed above (so a new one is not missed).

@@ -1,10 +1,11 @@
-"""``reinforge rlhf``: RLHF stages: sft, reward, ppo, grpo, dpo, all, eval.
+"""``reinforge rlhf``: RLHF stages: sft, reward, ppo, grpo, dpo, seqtutor, all, eval.
 
     reinforge rlhf sft    [--model DIR|HUB_ID] [--data FILE]
     reinforge rlhf reward --sft DIR [--preferences FILE]
     reinforge rlhf ppo    --sft DIR (--reward DIR | --reward-fn module:function) [--prompts FILE]
     reinforge rlhf grpo   --sft DIR (--reward-fn module:function | --reward DIR) [--prompts FILE]
     reinforge rlhf dpo    --sft DIR [--reward DIR] [--preferences FILE]
+    reinforge rlhf seqtutor --sft DIR [--reward-fn module:function|gold] [--prompts FILE]
     reinforge rlhf all    (a chain of stages in one run dir; default sft -> reward -> ppo)
     reinforge rlhf eval   --model DIR [--ref DIR] [--reward DIR] [--reward-fn F] [--prompts FILE]
 
@@ -48,6 +49,8 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "grpo": ("stage 3: GRPO, G completions per prompt, group-normalised advantages, KL loss to the SFT prior",
              ("--sft", "--reward", "--reward-fn", "--prompts")),
     "dpo": ("baseline: DPO on the same preferences, evaluated beside the SFT model", ("--sft", "--reward", "--preferences")),
+    "seqtutor": ("Sequence Tutor: KL-regularised Q-, Psi- or G-learning from the SFT prior on a rule reward "
+                 "(--reward-fn; default the task's gold)", ("--sft", "--reward-fn", "--prompts")),
     "all": ("a chain of stages in one run dir (stages=[sft, reward, ppo] by default)",
             ("--model", "--data", "--preferences", "--prompts", "--reward-fn")),
     "eval": ("gold reward, proxy reward and KL of a policy on held-out prompts",
@@ -60,7 +63,7 @@ def _target(stage: str, flag: str) -> tuple[str, str | None, str]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("rlhf", help="RLHF stages: sft, reward, ppo, grpo, dpo, all, eval",
+    p = sub.add_parser("rlhf", help="RLHF stages: sft, reward, ppo, grpo, dpo, seqtutor, all, eval",
                        description="RLHF on any Hugging Face causal LM and TRL-format data, or on the built-in "
                                    "melody and arithmetic tasks, checkable against a hidden gold. Each stage "
                                    "writes a Hugging Face model dir to RUN_DIR/model.")
