@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from generative import data as gdata
-from generative.config import GenConfig
+from generative.config import ENCODER_ONLY, GenConfig
 
 
 def _plt():
@@ -88,20 +88,14 @@ def evaluate(model, cfg: GenConfig, run_dir: str | Path, seed: int = 0, frames_p
     tag = f"{cfg.model} on {cfg.data}"
     if hasattr(model, "evaluate"):  # models with their own measures (cyclegan, stylegan, hopfield, ...)
         return model.evaluate(cfg, Path(run_dir), seed)
-    if cfg.model in ("simclr", "moco"):
+    if cfg.model in ENCODER_ONLY:  # simclr, moco, byol, simsiam
         if cfg.data == "digits":
-            from generative.contrastive import linear_probe_accuracy
-
-            x, y = gdata.digits(cfg.image_size, "train")
-            xt, yt = gdata.digits(cfg.image_size, "test")
-            out["linear_probe_accuracy"] = linear_probe_accuracy(model.features(x).numpy(), y.numpy(),
-                                                                 model.features(xt).numpy(), yt.numpy(), seed)
-            # the same probe on an untrained encoder of the same shape: what training added
+            from generative.contrastive import probe_metrics
             from generative.train import build_model
 
-            fresh = build_model(cfg, "cpu")
-            out["linear_probe_accuracy_untrained"] = linear_probe_accuracy(
-                fresh.features(x).numpy(), y.numpy(), fresh.features(xt).numpy(), yt.numpy(), seed)
+            # full- and few-label probes; the same on an untrained encoder of the same shape (what
+            # training added) and on the raw pixels
+            out.update(probe_metrics(model, build_model(cfg, "cpu"), cfg, seed))
         torso = model.encoder_torso()
         if torso is not None:
             out["encoder"] = str(export_torso(torso, run_dir, {"model": cfg.model, "data": cfg.data}))
