@@ -1,8 +1,9 @@
 """Style-based generator vs the DCGAN-style GAN on 16x16 digits, at the same number of generator updates.
 
 Both start from their presets (gen-stylegan-digits, gen-gan-digits: batch 64, 22 updates per
-epoch, one generator update per step) with ``epochs = updates / 22``, in-process (gen.workers=0)
-so both get the same single process; 1,000 samples each against the 360 held-out digits.
+epoch, one generator update per step) with ``epochs = updates / 22``, each trained by the same
+plain loop in this process (one thread, no Ray), then evaluated as ``gen train`` does: 1,000
+samples each against the 360 held-out digits. Seconds are training time.
 Prints the classifier-feature Frechet distance (lower is better; not FID), class coverage and
 seconds side by side.
 
@@ -22,13 +23,31 @@ UPDATES_PER_EPOCH = 1437 // 64  # digits training split / batch 64 (both presets
 
 
 def run(preset: str, out: Path, epochs: int, seed: int, **gen) -> tuple[dict, float]:
-    from pipelines.registry import execute, resolve
+    """The preset's model trained in this process (the training loop's train_step per minibatch,
+    no Ray: both models alike), then its evaluation. Returns (metrics + epochs, seconds)."""
+    import torch
 
-    resolved = resolve(preset=preset, extra={"run": {"run_dir": str(out / preset), "tensorboard": False, "seed": seed},
-                                             "gen": {"workers": 0, "epochs": epochs, **gen}})
+    from cluster.seeding import seed_everything
+    from generative import data as gdata
+    from generative.evaluate import evaluate
+    from generative.train import build_model
+    from pipelines.registry import resolve
+
+    cfg = resolve(preset=preset, extra={"gen": {"workers": 0, "epochs": epochs, **gen}}).experiment.gen
+    seed_everything(seed)
+    torch.set_num_threads(1)  # as one Ray Train worker
     with Timer() as t:
-        _, result = execute(resolved)
-    return result, t.seconds
+        model = build_model(cfg)
+        ds = gdata.load(cfg, "train", seed)
+        if hasattr(model, "set_total_steps"):
+            model.set_total_steps(epochs * (len(ds.x) // cfg.batch_size))
+        step = 0
+        for epoch in range(epochs):
+            for x, y in gdata.batches(ds, cfg.batch_size, torch.Generator().manual_seed(seed * 1000 + epoch)):
+                model.train_step(x, y, step)
+                step += 1
+    metrics, _ = evaluate(model, cfg, out / preset, seed=seed)
+    return {"epochs": epochs, "steps": step, **metrics}, t.seconds
 
 
 def main() -> None:
@@ -45,7 +64,7 @@ def main() -> None:
     for preset in ("gen-stylegan-digits", "gen-gan-digits"):
         res, secs = run(preset, out, epochs, args.seed, **extra)
         rows.append({"model": preset.split("-")[1], "preset": preset, "epochs": res["epochs"],
-                     "generator_updates": res["epochs"] * UPDATES_PER_EPOCH,
+                     "generator_updates": res["steps"],
                      "classifier_frechet_distance": res["classifier_frechet_distance"],
                      "class_coverage": res["class_coverage"], "seconds": round(secs, 1),
                      "run_dir": str(out / preset)})
@@ -53,7 +72,7 @@ def main() -> None:
     print_table(rows, ["preset", "epochs", "generator_updates", "classifier_frechet_distance", "class_coverage",
                        "seconds"], "digits 16x16, same generator updates (classifier-feature Frechet; lower is better)")
     path = write_results("gen-stylegan", rows, args.out, quick=args.quick, updates=updates,
-                         note="CPU only; in-process (gen.workers=0); 1,000 samples per model unless --quick")
+                         note="CPU only; one process, one thread, no Ray; 1,000 samples per model unless --quick")
     print(f"results: {path}")
 
 
