@@ -182,12 +182,8 @@ class GenConfig:
                                        "cd_k": (">= 1", "1 = CD-1"), "gibbs_steps": ">= 1"})
         elif self.binarize:
             raise ConfigError(f"gen.binarize is read by hopfield and rbm only; drop it for {self.model!r}")
-        # latent diffusion: gen.autoencoder must be a vae/cvae run on the same data (read here, so
-        # a bad path is refused before Ray Train starts)
-        if self.model == "latent-ddpm":
-            from generative.latent_ddpm import check_autoencoder
-
-            check_autoencoder(self)
+        # latent diffusion: gen.autoencoder (a file) is checked by the gen pipeline's preflight,
+        # generative.latent_ddpm.check_autoencoder, before the run dir or Ray starts
         # BYOL / SimSiam: the predictor's width; the few-label probe's draws
         check_ranges("gen", self, {"predictor_hidden": (">= 1", "width of the predictor MLP, e.g. 128"),
                                    "probe_draws": (">= 1", "random label draws per few-label probe, e.g. 5")})

@@ -177,6 +177,10 @@ def check_autoencoder(cfg) -> None:
     if model not in AUTOENCODERS:
         raise ConfigError(f"{where} is a {model} run, not an autoencoder; pass the RUN_DIR of a vae or cvae run "
                           f"({TRAIN_HINT.split(' and ')[0]})")
+    z_dim = ae.get("latent_dim") or 32  # generative.config.GenConfig.z_dim of a digits VAE
+    if cfg.latent_dim and cfg.latent_dim != z_dim:
+        raise ConfigError(f"gen.latent_dim={cfg.latent_dim} but {where} has {z_dim} latent dimensions; "
+                          f"leave gen.latent_dim at 0 (it is taken from the autoencoder)")
     if (data, size) != (cfg.data, cfg.image_size):
         raise ConfigError(f"{where} was trained on {data} at image_size {size}, not {cfg.data} at "
                           f"{cfg.image_size}; train the autoencoder on the same data "
@@ -204,8 +208,9 @@ class LatentDDPMModel:
         if cfg.autoencoder and Path(cfg.autoencoder).exists():
             self.ae = load_autoencoder(cfg.autoencoder, device)
             self.ae.scale_factor.fill_(float(scale_factor(self.training_latents())))
+            cfg.latent_dim = self.ae.z_dim  # recorded in the checkpoint's config: it sizes eps_theta on reload
         else:  # loading a checkpoint (restore fills in the stored autoencoder) or a bare object
-            self.ae = FrozenAutoencoder().to(device)
+            self.ae = FrozenAutoencoder(arch=(data_shape[0], data_shape[-1], cfg.z_dim, 0, 16)).to(device)
         self.net: nn.Module = LatentDenoiser(self.ae.z_dim, cfg.hidden, num_classes=self.num_classes).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
         self.net_ema = ema_copy(self.net, cfg.ema_decay) if cfg.ema_decay > 0 else None

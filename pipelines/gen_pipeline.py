@@ -145,6 +145,14 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     return final
 
 
+def preflight(experiment) -> None:
+    """Checks that read files, before the run dir or Ray starts: latent-ddpm's gen.autoencoder."""
+    if experiment.gen.model == "latent-ddpm":
+        from generative.latent_ddpm import check_autoencoder
+
+        check_autoencoder(experiment.gen)
+
+
 def train_workers(experiment) -> dict[str, float]:
     """Ray Train's workers (TorchTrainer places them in a placement group of its own):
     one CPU each, plus one GPU each with ``gen.use_gpu``."""
@@ -156,7 +164,7 @@ def train_workers(experiment) -> dict[str, float]:
 PIPELINE = Pipeline(
     name="gen", experiment=GenExperiment, run=run,
     description="generative pretraining with Ray Train: GANs, VAEs, DDPM, contrastive encoders",
-    metrics=METRICS, outside_resources=train_workers,
+    metrics=METRICS, outside_resources=train_workers, preflight=preflight,
     demos=(DemoStep("gen", "gen-demo", "WGAN-GP (lambda 0.1, EMA of G) on the 8-Gaussian ring through Ray Train",
                     keep=("modes_captured", "num_modes", "high_quality_fraction", "samples_per_s", "epochs"),
                     bars=(Bar("modes_captured", ">=", 8), Bar("high_quality_fraction", ">=", 0.8))),),

@@ -58,8 +58,11 @@ def vae_run(tmp_path_factory):
 
 
 def _latent(vae_run, **kw):
+    from generative.latent_ddpm import check_autoencoder
+
     cfg = GenConfig(**{**TINY, "autoencoder": str(vae_run), **kw})
     cfg.validate()
+    check_autoencoder(cfg)
     return build_model(cfg), cfg
 
 
@@ -99,7 +102,7 @@ def test_checkpoint_is_self_contained_and_round_trips(vae_run, tmp_path):
     run = _save_run(model, cfg, tmp_path / "latent")
     shutil.rmtree(moved)  # the autoencoder's run dir is gone: the checkpoint still decodes
     loaded, lcfg, _ = load_trained(run)
-    assert lcfg.autoencoder == str(moved) and lcfg.model == "latent-ddpm"
+    assert lcfg.autoencoder == str(moved) and lcfg.model == "latent-ddpm" and lcfg.latent_dim == 8
     assert float(loaded.ae.scale_factor) == pytest.approx(float(model.ae.scale_factor))
     assert loaded.ae.z_dim == 8 and loaded.net_ema is not None
     labels = torch.arange(6) % 10
@@ -159,6 +162,7 @@ def _other_data(path):
     (_other_data, (), "was trained on ring8 at image_size 16, not digits at 16; train the autoencoder on the same"),
     ("vae", ("--set", "gen.image_size=32"), "not digits at 32"),
     ("vae", ("--data", "ring8"), "is not digits; use --data digits"),
+    ("vae", ("--set", "gen.latent_dim=4"), "gen.latent_dim=4 but gen.autoencoder="),
 ])
 def test_bad_autoencoder_is_one_line_and_exit_2_through_the_cli(make, extra, message, vae_run, tmp_path):
     from tests.conftest import run_cli_inprocess
