@@ -133,26 +133,27 @@ def test_vpl_keys_are_checked():
 # --- through the CLI, on a user's model and preference file ---------------------------------
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from tests.conftest import run_cli_inprocess
     from tests.test_rlhf_any_model import QA, build_tokenizer, save_model, write_jsonl
 
     root = tmp_path_factory.mktemp("vpl")
     tok = build_tokenizer()
     model = save_model("llama", tok, root / "llama")
-    sft_data = write_jsonl(root / "sft.jsonl", [{"prompt": q, "completion": f" it is {a}"} for q, a, _ in QA])
     rows = [{"prompt": q, "chosen": f" {x}", "rejected": f" {y}", "rater": who}
             for rep in range(3) for q, a, b in QA
             for who, (x, y) in (("right", (a, b)), ("contrary", (b, a)))]
     paths = {"no_rater": write_jsonl(root / "prefs.jsonl", [{k: v for k, v in r.items() if k != "rater"} for r in rows]),
              "rater": write_jsonl(root / "prefs_rater.jsonl", rows), "root": root}
-    res = run_cli_inprocess("rlhf", "sft", "--run-dir", str(root / "sft"), "--model", str(model), "--data", str(sft_data),
-                            "--set", "sft.max_steps=2", "--set", "sft.batch_size=4")
-    assert res.returncode == 0, res.stderr[-2000:]
+    # the untrained model stamped as an SFT artifact stands in for `reinforge rlhf sft` (what the reward stage reads)
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.models import save_artifact
+
+    save_artifact(AutoModelForCausalLM.from_pretrained(model), tok, root / "sft" / "model", "sft")
     paths["sft"] = root / "sft"
     return paths
 
 
-VPL = ["--set", "reward.model_type=vpl", "--set", "reward.epochs=1", "--set", "reward.context_pairs=2",
+VPL = ["--set", "data.task=text", "--set", "reward.model_type=vpl", "--set", "reward.epochs=1", "--set", "reward.context_pairs=2",
        "--set", "reward.latent_dim=2", "--set", "data.eval_fraction=0.5"]
 
 
