@@ -479,8 +479,12 @@ def _scheduler(plan: Plan):
         return ASHAScheduler(time_attr="training_iteration", max_t=s.asha_max_t, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor)
     if s.scheduler == "pbt":
+        # require_attrs=False: a pipeline's first rows may come before its metric does (RLHF PPO
+        # logs the starting policy's evaluation, without the training batch's proxy_reward);
+        # from its first appearance on, _TuneReporter carries the metric in every report
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
-                                       hyperparam_mutations={sp.key: sp.to_tune() for sp in plan.specs})
+                                       hyperparam_mutations={sp.key: sp.to_tune() for sp in plan.specs},
+                                       require_attrs=False)
     return FIFOScheduler()
 
 

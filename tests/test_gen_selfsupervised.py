@@ -122,7 +122,7 @@ def test_short_in_process_run_lowers_the_loss_without_collapse_and_sample_refuse
     assert acc > 0.3, acc  # ten classes: chance is 0.1
     ckpt = save_checkpoint(tmp_path / "run" / "checkpoints", 4, checkpoint_objects(model, cfg, 4, it))
     res = run_cli_inprocess("gen", "sample", "--checkpoint", str(ckpt), "--n", "4")
-    assert res.returncode != 0 and res.stderr.count("\n") == 1, res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert f"{method} trains an encoder and cannot sample" in res.stderr
 
 

@@ -70,7 +70,7 @@ def handle_sample(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model, cfg, ckpt = load_trained(args.checkpoint)
     if cfg.model in ENCODER_ONLY:
-        raise ReinforgeError(f"{cfg.model} trains an encoder and cannot sample; use its encoder/ or a gan/vae/ddpm run")
+        raise ConfigError(f"{cfg.model} trains an encoder and cannot sample; use its encoder/ or a gan/vae/ddpm run")
     labels = None
     if args.label is not None:
         if not getattr(model, "num_classes", 0):
@@ -78,7 +78,7 @@ def handle_sample(args: argparse.Namespace) -> int:
         if not 0 <= args.label < model.num_classes:
             raise ReinforgeError(f"--label {args.label}: digits classes are 0..{model.num_classes - 1}")
         labels = torch.full((args.n,), args.label, dtype=torch.long)
-    kwargs = {"guidance": args.guidance} if args.guidance is not None and cfg.model == "ddpm" else {}
+    kwargs = {"guidance": args.guidance} if args.guidance is not None and cfg.model in ("ddpm", "latent-ddpm") else {}
     samples = model.sample(args.n, labels, **kwargs)
     run_root = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
     out = Path(args.out) if args.out else run_root / "plots" / f"sample-{args.n}.png"
