@@ -33,7 +33,8 @@ def reference_points(size: int = 16) -> dict[str, dict[str, float]]:
     import torch
 
     from generative import data as gdata
-    from generative.cyclegan import DOMAIN_A, DOMAIN_B, agreement as agree, class_b_classifier, domain_classifier
+    from generative.cyclegan import DOMAIN_A, DOMAIN_B, class_b_classifier, domain_classifier
+    from generative.cyclegan import agreement as agree
     from generative.metrics import digits_classifier
 
     x, y, _ = gdata.digit_domains(size, "test")

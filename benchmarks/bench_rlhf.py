@@ -252,7 +252,13 @@ def run_rloo(work: Path, task, train_prompts: list[str], pcfg, budget_s: float, 
         from transformers import TrainerCallback
         from trl import RLOOConfig, RLOOTrainer
 
-        from rlhf.models import load_policy, load_reward_model, quiet_trainer, reward_offset, trainer_device_args
+        from rlhf.models import (
+            load_policy,
+            load_reward_model,
+            quiet_trainer,
+            reward_offset,
+            trainer_device_args,
+        )
         from rlhf.reward import score_texts
     except ImportError as exc:
         return {"error": f"TRL RLOOTrainer unavailable: {exc}"}

@@ -177,11 +177,12 @@ class GenConfig:
             if not self.binarize:
                 raise ConfigError(f"{self.model} needs binary units and digits are grey levels in [0, 1]; "
                                   "set gen.binarize=true (pixels thresholded at 0.5)")
-            check_ranges("gen", self, {"hopfield_patterns": (">= 1", "distinct images stored, e.g. 20"),
-                                       "hopfield_sweeps": ">= 1", "corruption": "[0, 0.5]",
-                                       "cd_k": (">= 1", "1 = CD-1"), "gibbs_steps": ">= 1"})
         elif self.binarize:
             raise ConfigError(f"gen.binarize is read by hopfield and rbm only; drop it for {self.model!r}")
+        # every key's range is checked whatever the model (a wrong value is wrong before it is read)
+        check_ranges("gen", self, {"hopfield_patterns": (">= 1", "distinct images stored, e.g. 20"),
+                                   "hopfield_sweeps": ">= 1", "corruption": "[0, 0.5]",
+                                   "cd_k": (">= 1", "1 = CD-1"), "gibbs_steps": ">= 1"})
         # latent diffusion: gen.autoencoder (a file) is checked by the gen pipeline's preflight,
         # generative.latent_ddpm.check_autoencoder, before the run dir or Ray starts
         # BYOL / SimSiam: the predictor's width; the few-label probe's draws
@@ -191,10 +192,10 @@ class GenConfig:
         if self.model == "stylegan":
             if self.data != "digits":
                 raise ConfigError(f"stylegan generates images and {self.data!r} holds none it can grow; use --data digits")
-            check_ranges("gen", self, {"style_dim": ">= 1", "mapping_layers": ">= 1", "fade_epochs": ">= 0",
-                                       "stable_epochs": ">= 0", "style_mixing": "[0, 1]",
-                                       "r1_gamma": (">= 0", "0 = no R1 penalty"), "r1_every": ">= 1"})
             progressive_resolutions(self.resolutions, self.image_size)
+        check_ranges("gen", self, {"style_dim": ">= 1", "mapping_layers": ">= 1", "fade_epochs": ">= 0",
+                                   "stable_epochs": ">= 0", "style_mixing": "[0, 1]",
+                                   "r1_gamma": (">= 0", "0 = no R1 penalty"), "r1_every": ">= 1"})
         # CycleGAN: the loss weights and the generators' depth
         check_ranges("gen", self, {"cycle_weight": (">= 0", "lambda of the cycle loss; 10 in Zhu et al."),
                                    "identity_weight": (">= 0", "0 = no identity loss"),

@@ -185,8 +185,8 @@ class CycleGANModel:
     def evaluate(self, cfg, run_dir: Path, seed: int = 0) -> tuple[dict[str, Any], list[Path]]:
         """Class kept and target domain reached, both ways, and the cycle errors, on held-out rows;
         ``plots/translations.png``: rows a, G(a), F(G(a)), b, F(b), G(F(b))."""
-        from generative.evaluate import save_image_grid
         from generative.metrics import digits_classifier
+        from generative.plots import save_image_grid
 
         torch.manual_seed(seed)
         x, y, _ = gdata.digit_domains(cfg.image_size, "test")

@@ -303,7 +303,7 @@ class HopfieldModel:
     @torch.no_grad()
     def evaluate(self, cfg, run_dir: Path, seed: int = 0) -> tuple[dict[str, Any], list[Path]]:
         from generative import data as gdata
-        from generative.evaluate import save_image_grid
+        from generative.plots import save_image_grid
 
         plots = Path(run_dir) / "plots"
         stored = self.memory.held()
@@ -334,7 +334,7 @@ class HopfieldModel:
 
 def save_capacity_plot(rows: list[dict[str, Any]], path: str | Path, corruption: float, n: int) -> Path:
     """Recall rate against P/N: random patterns and binarised digits, Hebbian and pseudo-inverse."""
-    from generative.evaluate import _plt, _save
+    from generative.plots import _plt, _save
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))

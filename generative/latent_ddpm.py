@@ -188,10 +188,18 @@ def check_autoencoder(cfg) -> None:
 
 
 def load_autoencoder(path: str, device: torch.device) -> FrozenAutoencoder:
-    """The trained VAE/cVAE of a run dir (``generative.train.load_trained``: safetensors only), frozen."""
-    from generative.train import load_trained
+    """The trained VAE/cVAE of a run dir (its safetensors checkpoint, nothing unpickled), frozen.
+    Built here rather than through ``generative.train.load_trained``, which imports every model
+    (this one included): ``check_autoencoder`` has made sure it is a vae/cvae on digits."""
+    from cluster.checkpoint import load_checkpoint
+    from generative.config import GenConfig
+    from generative.vae import VAEModel
 
-    model, cfg, _ = load_trained(path, "cpu")
+    ckpt = load_checkpoint(path)
+    cfg = GenConfig(**ckpt["state"]["config"])
+    model = VAEModel(cfg, (1, cfg.image_size, cfg.image_size), 10 if cfg.data == "digits" else 0, torch.device("cpu"))
+    for k, m in model.modules().items():
+        unwrap(m).load_state_dict(ckpt["model"][k])
     vae = unwrap(model.net)
     arch = (1, cfg.image_size, vae.z_dim, vae.num_classes, cfg.hidden)
     return FrozenAutoencoder(vae, arch).to(device)
@@ -267,8 +275,8 @@ class LatentDDPMModel:
     @torch.no_grad()
     def evaluate(self, cfg, run_dir: Path, seed: int = 0) -> tuple[dict[str, Any], list[Path]]:
         from generative import data as gdata
-        from generative.evaluate import save_image_grid
         from generative.metrics import digits_metrics
+        from generative.plots import save_image_grid
 
         torch.manual_seed(seed)
         n = cfg.eval_samples

@@ -192,14 +192,13 @@ class RBMModel:
     def evaluate(self, cfg, run_dir: Path, seed: int = 0) -> tuple[dict[str, Any], list[Path]]:
         from generative import data as gdata
         from generative.contrastive import linear_probe_accuracy
-        from generative.evaluate import save_image_grid
         from generative.metrics import digits_metrics
-        from generative.train import build_model
+        from generative.plots import save_image_grid
 
         plots = Path(run_dir) / "plots"
         x, y = gdata.digits(cfg.image_size, "train")
         xt, yt = gdata.digits(cfg.image_size, "test")
-        fresh = build_model(cfg, "cpu")
+        fresh = type(self)(cfg, (1, cfg.image_size, cfg.image_size), 10, torch.device("cpu"))  # untrained
         out: dict[str, Any] = {"reconstruction_error": self.heldout_reconstruction_error(xt, seed),
                                "reconstruction_error_untrained": fresh.heldout_reconstruction_error(xt, seed)}
         out["linear_probe_accuracy"] = linear_probe_accuracy(self.features(x).numpy(), y.numpy(),

@@ -408,8 +408,8 @@ class StyleGANModel:
 
     def evaluate(self, cfg, run_dir: Path, seed: int) -> tuple[dict[str, Any], list[Path]]:
         """Samples at full resolution: digits metrics, a sample grid and a style-mixing grid."""
-        from generative.evaluate import save_image_grid
         from generative.metrics import digits_metrics
+        from generative.plots import save_image_grid
 
         torch.manual_seed(seed)
         plots = Path(run_dir) / "plots"

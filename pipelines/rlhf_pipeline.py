@@ -274,6 +274,8 @@ def run_reward(exp: RLHFRewardExperiment, run_dir) -> dict[str, Any]:
     train.save_to_disk(str(run_dir.path / "preferences" / "train"))
     held.save_to_disk(str(run_dir.path / "preferences" / "heldout"))
     simulated = task.name == "melody" and not exp.data.preferences
+    if exp.reward.model_type == "vpl":  # a rater-conditioned reward (rlhf/vpl.py), same arguments
+        from rlhf.vpl import train_vpl_reward as train_reward
     metrics = train_reward(exp.reward, sft_dir, train, held, run_dir.path / "model", run_dir, exp.run.seed,
                            exp.run.device, temperature=exp.raters.temperature if simulated else None, task=task,
                            allow_pickle=exp.inputs.allow_pickle)

@@ -65,14 +65,13 @@ class RewardStageConfig:
             raise ConfigError(f"reward.logging_steps must be >= 1, got {self.logging_steps}")
         if self.model_type not in ("bt", "vpl"):
             raise ConfigError(f"reward.model_type={self.model_type!r}: use bt (Bradley-Terry) or vpl (rater-conditioned)")
-        if self.model_type == "vpl":
-            if self.trainer != "grouped":
-                raise ConfigError("reward.model_type=vpl trains with its own ELBO loop: leave reward.trainer=grouped")
-            if self.latent_dim < 1 or self.context_pairs < 1 or self.encoder_hidden < 1 or self.conditioned_raters < 0:
-                raise ConfigError("reward.latent_dim, reward.context_pairs and reward.encoder_hidden must be >= 1, "
-                                  "reward.conditioned_raters >= 0")
-            if self.kl_weight < 0:
-                raise ConfigError(f"reward.kl_weight must be >= 0 (1 = the ELBO), got {self.kl_weight}")
+        if self.model_type == "vpl" and self.trainer != "grouped":
+            raise ConfigError("reward.model_type=vpl trains with its own ELBO loop: leave reward.trainer=grouped")
+        from cluster.run_config import check_ranges
+
+        check_ranges("reward", self, {"latent_dim": ">= 1", "context_pairs": ">= 1", "encoder_hidden": ">= 1",
+                                      "conditioned_raters": (">= 0", "training raters whose r(x, z) is saved"),
+                                      "kl_weight": (">= 0", "1 = the ELBO")})
 
 
 def bradley_terry_loss(r_chosen, r_rejected):
@@ -352,11 +351,6 @@ def train_reward(cfg: RewardStageConfig, sft_dir: Path, train_pairs, heldout_pai
     save."""
     from rlhf.models import fold_offset, save_artifact
 
-    if cfg.model_type == "vpl":
-        from rlhf.vpl import train_vpl_reward
-
-        return train_vpl_reward(cfg, sft_dir, train_pairs, heldout_pairs, out_dir, run_dir, seed, device, temperature,
-                                task, allow_pickle)
     model, tok = reward_model_from_sft(sft_dir, dropout=not cfg.disable_dropout, task=task, allow_pickle=allow_pickle)
     if cfg.trainer == "grouped":
         train_loss = train_grouped(cfg, model, tok, train_pairs, run_dir, seed, device, heldout_pairs)

@@ -39,7 +39,7 @@ PROBABILITIES = {
     "data.arithmetic.error_rate", "reward.heldout_fraction",
 }
 # A float whose name says it is one of those must be listed above (so a new one is not missed).
-PROBABILITY_NAME = re.compile(r"epsilon|prob|drop|sticky|momentum|(?<!weight_)decay|gamma|lambda|tau\b")
+PROBABILITY_NAME = re.compile(r"epsilon|prob|drop|sticky|momentum|(?<!weight_)decay|(?<!r1_)gamma|lambda|tau\b")  # R1 gamma is a penalty weight
 
 
 def _leaves(cls: type, prefix: str = ""):

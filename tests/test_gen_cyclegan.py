@@ -12,8 +12,15 @@ from torch import nn
 from generative import data as gdata
 from generative.config import GenConfig
 from generative.cyclegan import (
-    DOMAIN_A, DOMAIN_B, DOMAIN_NEITHER, CycleGANModel, cycle_consistency_loss, domain_judge_data, identity_loss,
-    lsgan_d_loss, lsgan_g_loss,
+    DOMAIN_A,
+    DOMAIN_B,
+    DOMAIN_NEITHER,
+    CycleGANModel,
+    cycle_consistency_loss,
+    domain_judge_data,
+    identity_loss,
+    lsgan_d_loss,
+    lsgan_g_loss,
 )
 from generative.train import build_model, data_shape
 

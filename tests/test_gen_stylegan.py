@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from generative.config import GenConfig
 from generative.stylegan import (
-    Discriminator, Generator, adain, fade_in, mix_styles, schedule, style_mixing,
+    Discriminator,
+    Generator,
+    adain,
+    fade_in,
+    mix_styles,
+    schedule,
+    style_mixing,
 )
 from generative.train import build_model
 
@@ -104,10 +110,10 @@ def test_schedule_from_the_step_and_a_resumed_model_continues_it():
     assert model.trained_stage() == (2, 0.5)
     # ... and it travels in the checkpoint: a model restored from it samples at that stage and
     # trains on at the step it is handed
+    import tempfile
+
     from cluster.checkpoint import load_checkpoint, save_checkpoint
     from generative.train import checkpoint_objects, restore
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = save_checkpoint(tmp, 1, checkpoint_objects(model, cfg, 5, 51))

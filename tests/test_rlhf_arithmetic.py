@@ -8,9 +8,17 @@ import re
 import pytest
 
 from cluster.errors import ConfigError
-from rlhf.arithmetic import (ArithmeticConfig, build_tokenizer, exact_match, final_answer, pool_size,
-                             preference_dataset, prompt_dataset, sft_dataset)
-from rlhf.arithmetic import _problem
+from rlhf.arithmetic import (
+    ArithmeticConfig,
+    _problem,
+    build_tokenizer,
+    exact_match,
+    final_answer,
+    pool_size,
+    preference_dataset,
+    prompt_dataset,
+    sft_dataset,
+)
 
 SMALL = dict(train_size=400, eval_size=100)
 PROMPT = re.compile(r"^(\d+)([-+*])(\d+)=$")

@@ -123,7 +123,7 @@ def test_vpl_keys_are_checked():
         RewardStageConfig(model_type="gp").validate()
     with pytest.raises(ConfigError, match="leave reward.trainer=grouped"):
         RewardStageConfig(model_type="vpl", trainer="trl").validate()
-    with pytest.raises(ConfigError, match="reward.latent_dim"):
+    with pytest.raises(ConfigError, match="reward.context_pairs"):
         RewardStageConfig(model_type="vpl", context_pairs=0).validate()
     with pytest.raises(ConfigError, match=r"raters.profiles=\[tonal,melodic\]"):
         check_simulated_raters(["gold"], "rater", simulated=True)

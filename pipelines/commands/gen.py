@@ -60,7 +60,7 @@ def handle_sample(args: argparse.Namespace) -> int:
     import torch
 
     from cluster.errors import ConfigError, ReinforgeError
-    from generative.evaluate import save_image_grid, save_scatter
+    from generative.plots import save_image_grid, save_scatter
     from generative.train import load_trained
 
     if args.n < 1:
