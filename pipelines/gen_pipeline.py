@@ -79,7 +79,7 @@ def run(exp: GenExperiment, run_dir) -> dict[str, Any]:
     cfg, seed = exp.gen, exp.run.seed
     if cfg.use_gpu:
         select_device("cuda")  # one line if no GPU is visible
-    if getattr(cfg, "autoencoder", ""):  # latent-ddpm: Ray Train workers run in their own directory
+    if cfg.autoencoder:  # latent-ddpm: Ray Train workers run in their own directory
         cfg.autoencoder = str(Path(cfg.autoencoder).resolve())
     frames_path = None
     if cfg.data == "atari-frames":

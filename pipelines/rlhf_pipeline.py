@@ -257,6 +257,7 @@ def run_sft(exp: RLHFSFTExperiment, run_dir) -> dict[str, Any]:
 def run_reward(exp: RLHFRewardExperiment, run_dir) -> dict[str, Any]:
     from rlhf.models import load_policy
     from rlhf.reward import train_reward
+    from rlhf.vpl import train_vpl_reward  # a rater-conditioned reward r(x, z), same arguments
 
     sft_dir, stamp = _sft(exp)
     if (done := _done(run_dir)) is not None:
@@ -274,11 +275,10 @@ def run_reward(exp: RLHFRewardExperiment, run_dir) -> dict[str, Any]:
     train.save_to_disk(str(run_dir.path / "preferences" / "train"))
     held.save_to_disk(str(run_dir.path / "preferences" / "heldout"))
     simulated = task.name == "melody" and not exp.data.preferences
-    if exp.reward.model_type == "vpl":  # a rater-conditioned reward (rlhf/vpl.py), same arguments
-        from rlhf.vpl import train_vpl_reward as train_reward
-    metrics = train_reward(exp.reward, sft_dir, train, held, run_dir.path / "model", run_dir, exp.run.seed,
-                           exp.run.device, temperature=exp.raters.temperature if simulated else None, task=task,
-                           allow_pickle=exp.inputs.allow_pickle)
+    fit_reward = train_vpl_reward if exp.reward.model_type == "vpl" else train_reward
+    metrics = fit_reward(exp.reward, sft_dir, train, held, run_dir.path / "model", run_dir, exp.run.seed,
+                         exp.run.device, temperature=exp.raters.temperature if simulated else None, task=task,
+                         allow_pickle=exp.inputs.allow_pickle)
     metrics.update(model=str(run_dir.path / "model"), train_pairs=len(train))
     return _finish(run_dir, metrics)
 

@@ -98,9 +98,7 @@ def resume_dir(trainer, run_dir, workdir: Path) -> str | None:
     torch.save(ckpt["optimizer"], out / "optimizer.pt")  # written here from safetensors, read back weights_only
     if ckpt["scheduler"]:
         torch.save(ckpt["scheduler"], out / "scheduler.pt")
-    rng = dict(ckpt["rng"])
-    rng["python"] = (rng["python"][0], tuple(rng["python"][1]), rng["python"][2])  # random.setstate wants tuples
-    torch.save(rng, out / "rng_state.pth")
+    torch.save(ckpt["rng"], out / "rng_state.pth")  # tuples come back as tuples (random.setstate needs them)
     (out / "trainer_state.json").write_text(ckpt["trainer"]["state_json"])
     return str(out)
 
