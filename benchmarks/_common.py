@@ -86,3 +86,18 @@ class Timer:
 
     def __exit__(self, *exc: Any) -> None:
         self.seconds = time.perf_counter() - self.t0
+
+
+def rlhf_stage(argv: list[str]) -> dict:
+    """``reinforge rlhf ARGV`` in this process; its result.json."""
+    from pipelines.cli import main
+
+    rc = main(["rlhf", *argv])
+    if rc:
+        raise SystemExit(f"reinforge rlhf {' '.join(argv)} exited {rc}")
+    out = Path(argv[argv.index("--run-dir") + 1])
+    return json.loads((out / "result.json").read_text())
+
+
+def sets(section: str, **kv) -> list[str]:
+    return [x for k, v in kv.items() for x in ("--set", f"{section}.{k}={v}")]

@@ -28,7 +28,7 @@ import json
 import os
 from pathlib import Path
 
-from _common import Timer, parse_args, print_table, write_results
+from _common import Timer, parse_args, print_table, rlhf_stage as stage, sets, write_results
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,21 +40,6 @@ ITERS, BATCH, MAX_NEW = 40, 16, 64  # every RL system: 640 sampled completions o
 BETA = 0.1  # kl_coef of every system (Sequence Tutor's beta = the paper's c; PPO's beta)
 ST_LR, PPO_LR = 1e-3, 1e-4
 EVAL_SAMPLES = 2
-
-
-def stage(argv: list[str]) -> dict:
-    """``reinforge rlhf ARGV`` in this process; its result.json."""
-    from pipelines.cli import main
-
-    rc = main(["rlhf", *argv])
-    if rc:
-        raise SystemExit(f"reinforge rlhf {' '.join(argv)} exited {rc}")
-    out = Path(argv[argv.index("--run-dir") + 1])
-    return json.loads((out / "result.json").read_text())
-
-
-def sets(section: str, **kv) -> list[str]:
-    return [x for k, v in kv.items() for x in ("--set", f"{section}.{k}={v}")]
 
 
 def main() -> None:

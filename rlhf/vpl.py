@@ -257,8 +257,10 @@ def train_vpl(cfg, model: VPLRewardModel, train_pairs, run_dir=None, seed: int =
     mean training loss -ELBO / query pairs per episode."""
     import torch
 
+    from cluster.checkpoint import load_checkpoint
     from cluster.progress import progress
     from cluster.runtime import select_device
+    from rlhf.checkpoints import trainable_state
 
     dev = select_device(device)
     model.to(dev).train()
@@ -274,10 +276,26 @@ def train_vpl(cfg, model: VPLRewardModel, train_pairs, run_dir=None, seed: int =
     gen = torch.Generator(device=dev).manual_seed(seed)
     rng = np.random.default_rng(seed + 7)
     step, losses, window = 0, [], []
-    with progress(total=total, desc="vpl reward", unit="step") as bar:
+    latest = run_dir.latest_checkpoint() if run_dir is not None else None
+    if latest is not None:  # the same resume as the grouped BT trainer's, plus the two generators
+        ckpt = load_checkpoint(latest)
+        model.lm.load_state_dict(ckpt["model"], strict=False)
+        model.encoder.load_state_dict(ckpt["encoder"])
+        model.latent.load_state_dict(ckpt["latent"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        gen.set_state(ckpt["generator"]["z"].cpu())
+        rng.bit_generator.state = ckpt["state"]["rng"]
+        step, losses = int(ckpt["state"]["step"]), list(ckpt["state"]["losses"])
+        print(f"resumed the VPL reward model at step {step} from {latest}")
+    done = step
+    with progress(total=total, desc="vpl reward", unit="step", initial=step) as bar:
         for epoch in range(math.ceil(cfg.epochs)):
             for batch in episode_batches(episodes, cfg.texts_per_batch, full_c, full_r,
                                          np.random.default_rng(seed + 1 + epoch)):
+                if done > 0:  # trained on before the checkpoint this run resumed from
+                    done -= 1
+                    continue
                 contexts = [draw_context(pools[who], set(q), cfg.context_pairs, rng) for who, q in batch]
                 r_c, r_r, episode, mu, logvar = episode_terms(model, ids, full_c, full_r, batch, contexts, True, gen)
                 elbo, loglik, kl = vpl_elbo(r_c, r_r, episode, mu, logvar, cfg.kl_weight)
@@ -299,6 +317,12 @@ def train_vpl(cfg, model: VPLRewardModel, train_pairs, run_dir=None, seed: int =
                     if run_dir is not None:
                         run_dir.log(row, step=step)
                     window = []
+                if run_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                    run_dir.save_checkpoint(step, {
+                        "model": trainable_state(model.lm), "encoder": model.encoder.state_dict(),
+                        "latent": model.latent.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "generator": {"z": gen.get_state()},
+                        "state": {"step": step, "losses": losses, "rng": rng.bit_generator.state}}, keep=2)
                 bar.update(1)
                 if step >= total:
                     return float(np.mean(losses))

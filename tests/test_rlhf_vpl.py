@@ -115,6 +115,52 @@ def test_vpl_separates_raters_with_opposite_preferences_where_bradley_terry_cann
     assert 0.35 < bt < 0.65, bt
 
 
+def test_vpl_training_resumed_from_a_checkpoint_ends_with_the_same_weights(tmp_path):
+    """Checkpoints every 3 steps hold the transformer, encoder, A, optimizer, schedule and both
+    random generators; a run resumed from step 3 of 8 ends where the uninterrupted one did."""
+    import shutil
+
+    import torch
+
+    from cluster.rundir import RunDir
+    from rlhf.reward import RewardStageConfig
+    from rlhf.vpl import VPLRewardModel, make_modules, train_vpl
+
+    train, table = toy_raters(0, ["hi0", "lo0"], rounds=4)
+    cfg = RewardStageConfig(model_type="vpl", latent_dim=2, context_pairs=3, encoder_hidden=8, epochs=4,
+                            texts_per_batch=24, learning_rate=1e-2, weight_decay=0.0, logging_steps=5,
+                            checkpoint_every=3)
+
+    class Lm(torch.nn.Module):  # the fixed features with a trainable score head, as a module
+        def __init__(self):
+            super().__init__()
+            self.score = torch.nn.Linear(4, 1, bias=False)
+
+    def run(path: Path):
+        torch.manual_seed(0)
+        lm = Lm()
+        feats = {t: torch.tensor(v, dtype=torch.float32) for t, v in table.items()}
+
+        class Toy(VPLRewardModel):
+            def features(self, ids, texts, batch_size=None):
+                return torch.stack([feats[t] for t in texts])
+
+        enc, latent = make_modules(4, cfg.latent_dim, cfg.encoder_hidden)
+        model = Toy(lm, lambda t, add_special_tokens=False: {"input_ids": [0]}, enc, latent, {})
+        with RunDir(path, tensorboard=False, resume=(path / "checkpoints").is_dir()) as rd:
+            loss = train_vpl(cfg, model, train, run_dir=rd, seed=0, device="cpu")
+        return loss, [p.detach().clone() for p in model.parameters()]
+
+    loss_a, full = run(tmp_path / "a")
+    steps = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("step_*"))
+    assert len(steps) >= 2, steps
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / steps[0], tmp_path / "b" / "checkpoints" / steps[0])
+    loss_b, resumed = run(tmp_path / "b")
+    assert loss_b == pytest.approx(loss_a, rel=1e-6)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(full, resumed))
+
+
 def test_vpl_keys_are_checked():
     from rlhf.reward import RewardStageConfig
     from rlhf.vpl import check_simulated_raters
