@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # The whole suite, slow learning tests included (that is what CI runs).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 # Everything but the learning tests, for a quick local loop.
 test-fast: $(STAMP)
