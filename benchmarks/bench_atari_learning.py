@@ -149,7 +149,8 @@ def main() -> None:
 
     def on_row(row: dict) -> None:
         # a wall-clock budget: end at the first update past the deadline; the loop then saves a
-        # checkpoint and evaluates, as at the end of any run (a later --resume goes on)
+        # checkpoint, without the final evaluation (that would run past the budget; evaluate with
+        # `reinforge rl eval --checkpoint RUN --episodes 30`; a later --resume goes on)
         if deadline is not None and "env_steps" in row and time.perf_counter() > deadline:
             rl.total_steps = min(rl.total_steps, int(row["env_steps"]))
             rl.eval_episodes = 0
