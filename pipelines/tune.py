@@ -166,6 +166,10 @@ class SweepConfig:
     grace_period: int = 1
     reduction_factor: float = 2.0
     perturbation_interval: int = 2  # PBT: iterations between exploit/explore
+    # PBT: wait for the whole population at every perturbation (Ray's synch=True). The default,
+    # asynchronous PBT decides as each trial arrives, so a small population can go without an
+    # exploit: a top trial's checkpoint is only kept when it arrives after the others' scores.
+    synch: bool = False
     keep_checkpoints: int = 2  # Tune checkpoints kept per trial (at least 5 under PBT)
     top: int = 5  # rows in the final table
     seed: int = 0  # seeds the sampling of the search space (the trials' own seed is run.seed)
@@ -484,7 +488,7 @@ def _scheduler(plan: Plan):
         # from its first appearance on, _TuneReporter carries the metric in every report
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
                                        hyperparam_mutations={sp.key: sp.to_tune() for sp in plan.specs},
-                                       require_attrs=False)
+                                       require_attrs=False, synch=s.synch)
     return FIFOScheduler()
 
 

@@ -231,3 +231,13 @@ def test_rlhf_ppo_actor_bundles_follow_the_cluster():
     res = actor_resources(PPOStageConfig(num_rollout_workers=1), 1.0)
     assert res.num_gpus > 0
     assert plan.bundles[1:] == [{"CPU": 0.5, "GPU": res.num_gpus}] * 2 and "GPU" not in plan.bundles[0]
+
+
+@pytest.mark.parametrize("synch", [False, True])
+def test_pbt_scheduler_takes_the_sweeps_synch_setting(synch):
+    """``synch: true`` in a sweep file gives Ray's synchronous PBT (the whole population compared
+    at every perturbation); the default is asynchronous."""
+    flags = {"scheduler": "pbt", **({"synch": True} if synch else {})}
+    plan = T.plan_sweep(_sweep(["toy.learning_rate=loguniform(1e-3,1e-1)"], **flags))
+    scheduler = T._scheduler(plan)
+    assert type(scheduler).__name__ == "PopulationBasedTraining" and scheduler._synch is synch
