@@ -58,9 +58,8 @@ def sweep(name: str, scheduler: str, out: Path, base: list[str], trials: int, pe
         run = Path(r.path) / "run"
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         evals = [(x["step"], x["eval_gold_reward"], x["eval_kl"]) for x in rows if "eval_kl" in x]
-        config = json.loads(json.dumps((r.config or {})))
-        trials_out.append({"trial": Path(r.path).name, "start": config, "evals": evals,
-                           "restarts": len(list((run / "history").glob("config-*.yaml"))) if (run / "history").is_dir() else 0,
+        trials_out.append({"trial": Path(r.path).name, "start": dict(r.config or {}), "evals": evals,
+                           "restarts": len(list(run.glob("history/config-*.yaml"))),
                            "error": str(r.error).splitlines()[-1] if r.error else None})
     exploits = 0
     log = plan.experiment_dir / "pbt_global.txt"
