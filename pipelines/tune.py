@@ -422,13 +422,26 @@ def _restore_checkpoint(checkpoint, run_dir: Path) -> int:
     return step
 
 
-def _trial_run_dir() -> Path:
+def _trial_dirname(trial) -> str:
+    """The trial's folder in the experiment dir: ``<trainable>_<trial id>``, so that the trial
+    itself can find it (see ``_trial_run_dir``)."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def _trial_run_dir(experiment_dir: str, trainable_name: str) -> Path:
+    """``<experiment>/<trial folder>/run``: the run dir is written straight into the sweep's
+    storage (a local disk or a shared filesystem every node mounts). Tune's own trial dir
+    (``get_trial_dir()``) is a staging folder that is not a safe home for it: the driver syncs
+    that folder only from the driver's node, and once an actor is reused (a PBT exploit) Tune
+    points the trial at a working dir that is never synced at all, so a restored trial's rows
+    would stop reaching the sweep."""
     from ray import tune
 
-    trial_dir = tune.get_context().get_trial_dir()
-    if trial_dir and os.path.isabs(trial_dir):  # local or shared (NFS) storage
-        return Path(trial_dir) / "run"
-    return Path.cwd() / "run"  # remote storage (s3://...): the trial's local working dir
+    trial_id = tune.get_context().get_trial_id()
+    exp = Path(experiment_dir)
+    # a sweep started with Tune's default folder names: <trainable>_<trial id>_<index>_<params>...
+    found = sorted(p for p in exp.glob(f"*_{trial_id}_*") if p.is_dir())
+    return (found[0] if found else exp / f"{trainable_name}_{trial_id}") / "run"
 
 
 def _write_placement(run_dir: Path) -> None:
@@ -442,8 +455,10 @@ def _write_placement(run_dir: Path) -> None:
     (run_dir / "placement.json").write_text(json.dumps(info, indent=2))
 
 
-def make_trainable(pipeline: str, base: dict[str, Any], metric: str | None = None):
-    """A Tune function trainable running ``pipeline`` with ``base`` + the trial's sampled values."""
+def make_trainable(pipeline: str, base: dict[str, Any], experiment_dir: str, metric: str | None = None):
+    """A Tune function trainable running ``pipeline`` with ``base`` + the trial's sampled values,
+    writing its run dir under ``experiment_dir``."""
+    name = f"reinforge_{pipeline.replace('-', '_')}"
 
     def trainable(config: dict[str, Any]) -> None:
         from ray import tune
@@ -452,7 +467,7 @@ def make_trainable(pipeline: str, base: dict[str, Any], metric: str | None = Non
         from pipelines.registry import Resolved, execute, get_pipeline
 
         pipe = get_pipeline(pipeline)
-        run_dir = _trial_run_dir()
+        run_dir = _trial_run_dir(experiment_dir, name)
         data = cfg.merge(base, nest(config))
         data["run"] = {**data.get("run", {}), "run_dir": str(run_dir), "address": None}
         resolved = Resolved(pipe, cfg.from_dict(pipe.experiment, data))
@@ -470,7 +485,7 @@ def make_trainable(pipeline: str, base: dict[str, Any], metric: str | None = Non
         _, result = execute(resolved, listeners=[reporter.on_row], run_dir=rd)
         reporter.finish(result)
 
-    trainable.__name__ = f"reinforge_{pipeline.replace('-', '_')}"
+    trainable.__name__ = name
     return trainable
 
 
@@ -534,7 +549,7 @@ def _tune_objects(plan: Plan, verbose: int):
     s = plan.sweep
     # Rows without the metric (before a pipeline's first evaluation) are fine: schedulers skip them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    trainable = tune.with_resources(make_trainable(plan.pipeline, plan.base, plan.metric),
+    trainable = tune.with_resources(make_trainable(plan.pipeline, plan.base, str(plan.experiment_dir), plan.metric),
                                     tune.PlacementGroupFactory(plan.bundles, strategy="PACK"))
     run_config = tune.RunConfig(
         name=s.name, storage_path=str(Path(s.storage_path).resolve()), verbose=verbose,
@@ -590,6 +605,7 @@ def run_sweep(plan: Plan, address: str | None = None, verbose: int = 0, num_cpus
         trainable,
         param_space={sp.key: sp.to_tune() for sp in plan.specs},
         tune_config=tune.TuneConfig(metric=plan.metric, mode=plan.mode, scheduler=_scheduler(plan), reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname,
                                     num_samples=s.num_samples,
                                     # the limit goes to the generator: Tune ignores max_concurrent_trials
                                     # when a BasicVariantGenerator is passed in
