@@ -32,7 +32,9 @@ The value network is a copy of the SFT model; its next-token logits l(s, .) give
 the start Q = Psi = log p and G = 0, and for every variant the policy is softmax(l): the
 trained network, saved as it is, is the policy (softmax of Q), readable by plain transformers.
 With r = 0, Psi = log p and G = 0 are fixed points of their targets: the prior is where KL
-control rests without a reward; Q-learning's max moves off it even then.
+control rests without a reward; Q-learning's max moves off it even then. In this
+parameterisation Psi- and G-learning are one algorithm: G = Psi - log p(a | s), and g_target is
+psi_target minus the same log p(a | s), so their squared errors (and updates) coincide.
 
 The rule reward per token (``rule_reward: prefix``, the default): the gold is a function of a
 whole text, and it is defined on every prefix (a prefix parses as a shorter melody), so the

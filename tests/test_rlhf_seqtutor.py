@@ -69,6 +69,33 @@ def test_values_start_at_the_prior_which_psi_and_g_keep_without_reward_and_q_doe
     assert torch.allclose(y[:, -1], torch.full((B,), 2.0))
 
 
+def test_psi_and_g_learning_make_the_same_update_from_the_same_logits():
+    """G = Psi - log p(a | s) and G's target is Psi's minus the same log p(a | s): on any logits,
+    rewards and targets the two squared errors and their gradients are equal; Q-learning's
+    differ."""
+    from rlhf.seqtutor import q_values, shift_next, td_loss, td_target
+
+    torch.manual_seed(1)
+    B, L, V = 3, 5, 7
+    prior_logits, target_logits = torch.randn(B, L, V) * 2, torch.randn(B, L, V)
+    actions, rewards = torch.randint(0, V, (B, L)), torch.randn(B, L)
+    done = torch.zeros(B, L)
+    done[:, -1] = 1.0
+    mask = torch.ones(B, L, dtype=torch.bool)
+    losses, grads = {}, {}
+    for algo in ("q", "psi", "g"):
+        logits = torch.randn(B, L, V, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        nxt = shift_next(q_values(target_logits, prior_logits, algo))
+        y = td_target(algo, rewards, prior_logits, actions, nxt, done, 0.3, 0.9)
+        taken = q_values(logits, prior_logits, algo).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        loss = td_loss(taken, y, mask)
+        loss.backward()
+        losses[algo], grads[algo] = loss.item(), logits.grad
+    assert losses["psi"] == pytest.approx(losses["g"], rel=1e-5)
+    assert torch.allclose(grads["psi"], grads["g"], atol=1e-5)
+    assert losses["q"] != pytest.approx(losses["psi"], rel=1e-3)
+
+
 def test_rule_reward_on_prefixes_sums_to_the_whole_melody_score():
     from rlhf.gold import gold_score
     from rlhf.seqtutor import prefix_differences
