@@ -57,6 +57,7 @@ def main() -> None:
     from rlhf.models import limit_threads, load_policy, quiet_libraries
     from rlhf.raters import RaterConfig
     from rlhf.reward import RewardStageConfig, train_reward
+    from rlhf.vpl import train_vpl_reward
     from rlhf.sft import SFTStageConfig, train_sft
     from rlhf.tasks import MelodyTask, RLHFDataConfig
 
@@ -96,8 +97,9 @@ def main() -> None:
                       ("vpl", RewardStageConfig(**common, model_type="vpl", latent_dim=VPL_LATENT,
                                                 context_pairs=VPL_CONTEXT, kl_weight=VPL_KL))):
         with Timer() as t:
-            results[name] = train_reward(cfg, work / "sft", train, held, work / f"reward-{name}",
-                                         temperature=TEMPERATURE, task=task)
+            fit = train_vpl_reward if name == "vpl" else train_reward
+            results[name] = fit(cfg, work / "sft", train, held, work / f"reward-{name}",
+                         temperature=TEMPERATURE, task=task)
         results[name]["seconds"] = t.seconds
         print(f"{name}: {t.seconds:.0f} s, held-out accuracy {results[name]['heldout_accuracy']:.3f}", flush=True)
     bt, vpl = results["bt"], results["vpl"]
