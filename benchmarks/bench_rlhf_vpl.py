@@ -57,9 +57,9 @@ def main() -> None:
     from rlhf.models import limit_threads, load_policy, quiet_libraries
     from rlhf.raters import RaterConfig
     from rlhf.reward import RewardStageConfig, train_reward
-    from rlhf.vpl import train_vpl_reward
     from rlhf.sft import SFTStageConfig, train_sft
     from rlhf.tasks import MelodyTask, RLHFDataConfig
+    from rlhf.vpl import train_vpl_reward
 
     quick, work = args.quick, Path(args.out) / "rlhf-vpl-work"
     for setup in (limit_threads, quiet_libraries, lambda: seed_everything(0)):
@@ -99,7 +99,7 @@ def main() -> None:
         with Timer() as t:
             fit = train_vpl_reward if name == "vpl" else train_reward
             results[name] = fit(cfg, work / "sft", train, held, work / f"reward-{name}",
-                         temperature=TEMPERATURE, task=task)
+                                temperature=TEMPERATURE, task=task)
         results[name]["seconds"] = t.seconds
         print(f"{name}: {t.seconds:.0f} s, held-out accuracy {results[name]['heldout_accuracy']:.3f}", flush=True)
     bt, vpl = results["bt"], results["vpl"]

@@ -422,10 +422,14 @@ def _restore_checkpoint(checkpoint, run_dir: Path) -> int:
     return step
 
 
+def _trial_folder(trainable_name: str, trial_id: str) -> str:
+    """The trial's folder in the experiment dir, named by Tune (``_trial_dirname``) and found by
+    the trial itself (``_trial_run_dir``) from the same two names."""
+    return f"{trainable_name}_{trial_id}"
+
+
 def _trial_dirname(trial) -> str:
-    """The trial's folder in the experiment dir: ``<trainable>_<trial id>``, so that the trial
-    itself can find it (see ``_trial_run_dir``)."""
-    return f"{trial.trainable_name}_{trial.trial_id}"
+    return _trial_folder(trial.trainable_name, trial.trial_id)
 
 
 def _trial_run_dir(experiment_dir: str, trainable_name: str) -> Path:
@@ -441,7 +445,7 @@ def _trial_run_dir(experiment_dir: str, trainable_name: str) -> Path:
     exp = Path(experiment_dir)
     # a sweep started with Tune's default folder names: <trainable>_<trial id>_<index>_<params>...
     found = sorted(p for p in exp.glob(f"*_{trial_id}_*") if p.is_dir())
-    return (found[0] if found else exp / f"{trainable_name}_{trial_id}") / "run"
+    return (found[0] if found else exp / _trial_folder(trainable_name, trial_id)) / "run"
 
 
 def _write_placement(run_dir: Path) -> None:
