@@ -165,7 +165,10 @@ class SweepConfig:
     asha_max_t: int = 1_000_000  # iterations (logged rows) after which ASHA stops a trial
     grace_period: int = 1
     reduction_factor: float = 2.0
-    perturbation_interval: int = 2  # PBT: iterations between exploit/explore
+    # PBT: pipeline steps (the ``step`` of metrics.jsonl rows) between exploit/explore. PBT
+    # decides only at the reports that carry a checkpoint (time_attr ``checkpoint_step``), so
+    # the top trial always has one to copy; 1: at every checkpoint.
+    perturbation_interval: int = 1
     # PBT: wait for the whole population at every perturbation (Ray's synch=True). The default,
     # asynchronous PBT decides as each trial arrives, so a small population can go without an
     # exploit: a top trial's checkpoint is only kept when it arrives after the others' scores.
@@ -357,11 +360,14 @@ class _TuneReporter:
     a checkpoint saved right after its row is reported together with it (one Tune iteration).
     """
 
-    def __init__(self, metric: str | None = None):
+    def __init__(self, metric: str | None = None, checkpoint_step: int = 0):
         self.metric = metric
         self.pending: dict[str, Any] | None = None
         self.last: dict[str, Any] = {}
         self.metric_value: Any = None
+        # the step of the latest checkpoint (0: none yet; a restored trial: the restored one's),
+        # in every report: PBT's clock, which moves only at a report that carries a checkpoint
+        self.checkpoint_step = checkpoint_step
 
     def _clean(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in row.items() if k != "time"}
@@ -377,6 +383,7 @@ class _TuneReporter:
                 self.metric_value = out[self.metric]
             elif self.metric_value is not None:
                 out[self.metric] = self.metric_value
+        out["checkpoint_step"] = self.checkpoint_step
         return out
 
     def on_row(self, row: dict[str, Any]) -> None:
@@ -390,7 +397,7 @@ class _TuneReporter:
         from ray import tune
 
         metrics = dict(self.pending if self.pending is not None else self.last)
-        metrics["checkpoint_step"] = int(meta.get("step", -1))
+        self.checkpoint_step = metrics["checkpoint_step"] = int(meta.get("step", -1))
         self.pending = None
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(path)))
 
@@ -475,16 +482,16 @@ def make_trainable(pipeline: str, base: dict[str, Any], experiment_dir: str, met
         data = cfg.merge(base, nest(config))
         data["run"] = {**data.get("run", {}), "run_dir": str(run_dir), "address": None}
         resolved = Resolved(pipe, cfg.from_dict(pipe.experiment, data))
-        checkpoint = tune.get_checkpoint()
+        checkpoint, restored_step = tune.get_checkpoint(), 0
         if checkpoint is not None:
-            _restore_checkpoint(checkpoint, run_dir)
+            restored_step = _restore_checkpoint(checkpoint, run_dir)
         elif (run_dir / "checkpoints").is_dir():  # restarted from scratch: forget the old attempt
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         _write_placement(run_dir)
         run = resolved.experiment.run
         rd = RunDir(run_dir, config=resolved.to_dict(), seed=run.seed, device=run.device,
                     tensorboard=run.tensorboard, resume=checkpoint is not None)
-        reporter = _TuneReporter(metric)
+        reporter = _TuneReporter(metric, restored_step)
         rd.add_checkpoint_listener(reporter.on_checkpoint)
         _, result = execute(resolved, listeners=[reporter.on_row], run_dir=rd)
         reporter.finish(result)
@@ -504,8 +511,11 @@ def _scheduler(plan: Plan):
     if s.scheduler == "pbt":
         # require_attrs=False: a pipeline's first rows may come before its metric does (RLHF PPO
         # logs the starting policy's evaluation, without the training batch's proxy_reward);
-        # from its first appearance on, _TuneReporter carries the metric in every report
-        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
+        # from its first appearance on, _TuneReporter carries the metric in every report.
+        # time_attr checkpoint_step: Tune's save of a function trainable returns its latest
+        # report, so PBT deciding at a report without a checkpoint finds nothing to copy from
+        # the top trial and skips the exploit; this clock moves only at checkpoint reports.
+        return PopulationBasedTraining(time_attr="checkpoint_step", perturbation_interval=s.perturbation_interval,
                                        hyperparam_mutations={sp.key: sp.to_tune() for sp in plan.specs},
                                        require_attrs=False, synch=s.synch)
     return FIFOScheduler()

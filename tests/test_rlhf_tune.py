@@ -31,10 +31,10 @@ def sft_run(ray_session, tmp_path_factory) -> Path:
 def test_pbt_over_rlhf_ppo_exploits_and_finishes(ray_session, sft_run, tmp_path):
     from pipelines import tune as T
 
-    # Synchronous PBT compares the two trials at every 4th report; with two trials the lower
+    # Synchronous PBT compares the two trials at every checkpoint (every 2nd PPO iteration); with two trials the lower
     # one (ties broken by Tune) always takes the upper one's latest checkpoint.
     flags = {"storage_path": str(tmp_path), "name": "pbt", "scheduler": "pbt", "synch": True,
-             "num_samples": 2, "perturbation_interval": 4, "cpus_per_trial": 0.5, "seed": 0,
+             "num_samples": 2, "perturbation_interval": 2, "cpus_per_trial": 0.5, "seed": 0,
              "metric": "eval_proxy_reward", "mode": "max"}
     base = [f"inputs.sft={sft_run}", "data.melody.max_songs=30", "ppo.toy_reward_token=p60",
             f"ppo.iterations={ITERATIONS}", "ppo.checkpoint_every=2", "ppo.eval_every=2", "ppo.eval_prompts=4",

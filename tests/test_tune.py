@@ -217,7 +217,8 @@ def test_reporter_makes_rows_tune_safe():
     """Text NaNs (RunDir writes non-finite floats as text) become numbers; a missing or NaN
     metric is filled with its last finite value so schedulers compare numbers."""
     r = T._TuneReporter("episode_return")
-    assert r._clean({"step": 1, "time": 5.0, "episode_return": "nan", "x": "inf"}) == {"step": 1, "x": float("inf")}
+    assert r._clean({"step": 1, "time": 5.0, "episode_return": "nan", "x": "inf"}) == {
+        "step": 1, "x": float("inf"), "checkpoint_step": 0}
     assert r._clean({"step": 2, "episode_return": 3.0})["episode_return"] == 3.0
     assert r._clean({"step": 3, "episode_return": "nan"})["episode_return"] == 3.0
     assert r._clean({"step": 4, "eval_return": 9.0})["episode_return"] == 3.0
@@ -236,6 +237,27 @@ def test_rlhf_ppo_actor_bundles_follow_the_cluster():
     res = actor_resources(PPOStageConfig(num_rollout_workers=1), 1.0)
     assert res.num_gpus > 0
     assert plan.bundles[1:] == [{"CPU": 0.5, "GPU": res.num_gpus}] * 2 and "GPU" not in plan.bundles[0]
+
+
+def test_pbt_clock_moves_only_at_reports_that_carry_a_checkpoint(monkeypatch, tmp_path):
+    """PBT's time_attr is checkpoint_step, in every report and changed only by a report with a
+    checkpoint: Tune's save of a function trainable returns its latest report, so a decision at a
+    report without one would find nothing to copy from the top trial."""
+    from ray import tune
+
+    reports = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+    r = T._TuneReporter("loss", checkpoint_step=4)  # a trial restored from another's step-4 checkpoint
+    for step in (5, 6):
+        r.on_row({"step": step, "loss": 1.0 / step})
+    (tmp_path / "ck").mkdir()
+    r.on_checkpoint(tmp_path / "ck", {"step": 6})
+    r.on_row({"step": 7, "loss": 0.1})
+    r.finish({"loss": 0.1})
+    clock = [(m["checkpoint_step"], c is not None) for m, c in reports]
+    assert clock == [(4, False), (6, True), (6, False)], clock
+    scheduler = T._scheduler(T.plan_sweep(_sweep(["toy.learning_rate=loguniform(1e-3,1e-1)"], scheduler="pbt")))
+    assert scheduler._time_attr == "checkpoint_step"
 
 
 @pytest.mark.parametrize("synch", [False, True])
