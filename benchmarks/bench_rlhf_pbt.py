@@ -29,7 +29,8 @@ import json
 import os
 from pathlib import Path
 
-from _common import Timer, parse_args, print_table, rlhf_stage as stage, sets, write_results
+from _common import Timer, parse_args, print_table, sets, write_results
+from _common import rlhf_stage as stage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

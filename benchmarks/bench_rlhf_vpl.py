@@ -7,7 +7,10 @@ Bayes-optimal accuracy of a predictor that knows who rated.
    of K = 12 completions, all 66 pairs labelled) on train and held-out melodies' prompts, as
    ``reinforge rlhf reward --set "raters.profiles=[tonal,melodic]"`` does.
 3. reward.model_type=bt and reward.model_type=vpl on the same pairs; held-out accuracy per kind
-   (VPL: z inferred from ``context_pairs`` other held-out pairs of the same rater).
+   (VPL: z inferred from ``context_pairs`` other held-out pairs of the same rater). Next to them,
+   "BT, one kind": a Bradley-Terry model trained on that kind's pairs only, which is told who
+   rated: what this reward network can learn of a kind's rules, the ceiling VPL can reach with
+   it (the Bayes-optimal column also knows the rules exactly).
 4. (--ppo-iterations N > 0) PPO from the SFT model on the VPL reward conditioned on a tonal
    rater's z and on a melodic rater's z (``model/conditioned/<kind>``); each policy's held-out
    score under each kind's rules.
@@ -30,7 +33,7 @@ BENCH_FILES = "kinder0,ballad40,boehme20,altdeu10"  # the divergent-raters exper
 KINDS = ("tonal", "melodic")
 K, TEMPERATURE = 12, 0.5
 RM_EPOCHS, RM_LR, RM_TEXTS, RM_WD = 6.0, 1e-3, 48, 0.01
-VPL_LATENT, VPL_CONTEXT, VPL_KL = 8, 8, 1.0
+VPL_LATENT, VPL_CONTEXT, VPL_KL, VPL_WARMUP = 8, 8, 0.1, 0.5
 
 
 def kind_scores(ev: dict) -> dict[str, float]:
@@ -95,7 +98,8 @@ def main() -> None:
     results = {}
     for name, cfg in (("bt", RewardStageConfig(**common)),
                       ("vpl", RewardStageConfig(**common, model_type="vpl", latent_dim=VPL_LATENT,
-                                                context_pairs=VPL_CONTEXT, kl_weight=VPL_KL))):
+                                                context_pairs=VPL_CONTEXT, kl_weight=VPL_KL,
+                                                kl_warmup=VPL_WARMUP))):
         with Timer() as t:
             fit = train_vpl_reward if name == "vpl" else train_reward
             results[name] = fit(cfg, work / "sft", train, held, work / f"reward-{name}",
@@ -103,6 +107,14 @@ def main() -> None:
         results[name]["seconds"] = t.seconds
         print(f"{name}: {t.seconds:.0f} s, held-out accuracy {results[name]['heldout_accuracy']:.3f}", flush=True)
     bt, vpl = results["bt"], results["vpl"]
+    one_kind = {}
+    for kind in KINDS:  # told who rated: a Bradley-Terry model per kind, on that kind's pairs only
+        with Timer() as t:
+            fit = train_reward(RewardStageConfig(**common), work / "sft", train.filter(lambda x, k=kind: x["rater"] == k),
+                               held.filter(lambda x, k=kind: x["rater"] == k), work / f"reward-bt-{kind}",
+                               temperature=TEMPERATURE, task=task)
+        one_kind[kind] = {**fit, "seconds": t.seconds}
+        print(f"bt on {kind} pairs only: {t.seconds:.0f} s, held-out accuracy {fit['heldout_accuracy']:.3f}", flush=True)
     rows = []
     for kind in (*KINDS, "all"):
         bayes = bt["bayes_optimal_accuracy"] if kind == "all" else bt[f"rater_{kind}/bayes_optimal_accuracy"]
@@ -111,8 +123,12 @@ def main() -> None:
         pairs = bt["heldout_pairs"] if kind == "all" else bt[f"rater_{kind}/pairs"]
         rows.append({"raters": kind, "pairs": pairs, "BT": bt_acc, "VPL": v_acc, "VPL z=0": (
             vpl["heldout_accuracy"] if kind == "all" else vpl[f"rater_{kind}/heldout_accuracy"]),
+            "BT, one kind": (one_kind[kind]["heldout_accuracy"] if kind != "all" else float(
+                sum(one_kind[k]["heldout_accuracy"] * one_kind[k]["heldout_pairs"] for k in KINDS)
+                / sum(one_kind[k]["heldout_pairs"] for k in KINDS))),
             "Bayes-optimal": bayes, "BT gap (pts)": 100 * (bayes - bt_acc), "VPL gap (pts)": 100 * (bayes - v_acc)})
-    print_table(rows, ["raters", "pairs", "BT", "VPL", "VPL z=0", "Bayes-optimal", "BT gap (pts)", "VPL gap (pts)"],
+    print_table(rows, ["raters", "pairs", "BT", "VPL", "VPL z=0", "BT, one kind", "Bayes-optimal", "BT gap (pts)",
+                       "VPL gap (pts)"],
                 title="Held-out pairwise accuracy per rater kind (VPL: z from 8 of the rater's pairs)")
 
     ppo_rows = []
@@ -142,7 +158,8 @@ def main() -> None:
                     title=f"PPO ({args.ppo_iterations} iterations) on the VPL reward under each kind's z: "
                           "held-out score by each kind's rules")
     path = write_results("rlhf-vpl", rows, args.out, ppo=ppo_rows,
-                         details={**info, "bt": bt, "vpl": {k: v for k, v in vpl.items()}})
+                         details={**info, "bt": bt, "vpl": {k: v for k, v in vpl.items()},
+                                  "bt_one_kind": one_kind})
     print(f"wrote {path}")
     print(json.dumps({"pairs": info["pairs"]}))
 

@@ -45,6 +45,10 @@ class RewardStageConfig:
     latent_dim: int = 8  # vpl: dimension of the rater latent z
     context_pairs: int = 8  # vpl: one rater's labelled pairs the encoder infers z from
     kl_weight: float = 1.0  # vpl: beta of the KL(q(z | pairs) || N(0, I)) term of the ELBO
+    # vpl: fraction of the training steps over which beta ramps linearly from 0 to kl_weight
+    # (KL annealing, Bowman et al. 2016): with the full KL from the start the encoder can settle
+    # on q = the prior before z is of any use (posterior collapse: r(x, z) = r(x, 0))
+    kl_warmup: float = 0.0
     encoder_hidden: int = 64  # vpl: width of the pair-embedding MLP
     rater_column: str = "rater"  # vpl: the preference set's rater id column
     conditioned_raters: int = 8  # vpl: training raters whose conditioned reward r(x, z_rater) is saved
@@ -72,6 +76,9 @@ class RewardStageConfig:
         check_ranges("reward", self, {"latent_dim": ">= 1", "context_pairs": ">= 1", "encoder_hidden": ">= 1",
                                       "conditioned_raters": (">= 0", "training raters whose r(x, z) is saved"),
                                       "kl_weight": (">= 0", "1 = the ELBO")})
+        if not 0.0 <= self.kl_warmup <= 1.0:  # written so that NaN fails too
+            raise ConfigError(f"reward.kl_warmup={self.kl_warmup}: a fraction of the training steps in [0, 1] "
+                              "(0 = the full KL from the first step)")
 
 
 def bradley_terry_loss(r_chosen, r_rejected):

@@ -71,6 +71,13 @@ def vpl_elbo(r_chosen, r_rejected, episode, mu, logvar, kl_weight: float):
     return (loglik - kl_weight * kl).mean(), loglik.mean(), kl.mean()
 
 
+def kl_weight_at(cfg, step: int, total: int) -> float:
+    """beta at optimizer step ``step`` of ``total``: linear from 0 over the first ``kl_warmup``
+    of training, then ``kl_weight``."""
+    ramp = cfg.kl_warmup * total
+    return cfg.kl_weight if ramp <= 0 else cfg.kl_weight * min(1.0, step / ramp)
+
+
 # --- the modules ---------------------------------------------------------------------------
 def make_modules(d_model: int, latent_dim: int, hidden: int):
     """The encoder (pair embedding g, mean pool, W_out -> mu, logvar) and the latent weight A."""
@@ -169,7 +176,7 @@ def training_episodes(ds, column: str) -> list[tuple[str, list[int]]]:
         parent: dict[int, int] = {}
         first: dict[str, int] = {}
 
-        def root(i: int) -> int:
+        def root(i: int, parent: dict[int, int] = parent) -> int:
             while parent.setdefault(i, i) != i:
                 parent[i] = parent[parent[i]]
                 i = parent[i]
@@ -242,6 +249,7 @@ def new_vpl_model(cfg, sft_dir: Path, task=None, allow_pickle: bool = False) -> 
     encoder, latent = make_modules(lm.score.weight.shape[1], cfg.latent_dim, cfg.encoder_hidden)
     return VPLRewardModel(lm, tok, encoder, latent, {"latent_dim": cfg.latent_dim, "encoder_hidden": cfg.encoder_hidden,
                                                      "context_pairs": cfg.context_pairs, "kl_weight": cfg.kl_weight,
+                                                     "kl_warmup": cfg.kl_warmup,
                                                      "rater_column": cfg.rater_column})
 
 
@@ -298,7 +306,7 @@ def train_vpl(cfg, model: VPLRewardModel, train_pairs, run_dir=None, seed: int =
                     continue
                 contexts = [draw_context(pools[who], set(q), cfg.context_pairs, rng) for who, q in batch]
                 r_c, r_r, episode, mu, logvar = episode_terms(model, ids, full_c, full_r, batch, contexts, True, gen)
-                elbo, loglik, kl = vpl_elbo(r_c, r_r, episode, mu, logvar, cfg.kl_weight)
+                elbo, loglik, kl = vpl_elbo(r_c, r_r, episode, mu, logvar, kl_weight_at(cfg, step, total))
                 loss = -elbo * len(batch) / len(r_c)  # per query pair, the scale of the BT loss
                 opt.zero_grad()
                 loss.backward()

@@ -75,7 +75,7 @@ def _cases():
             if key in PROBABILITIES:
                 values.append("2.0")
             cases += [pytest.param(pipe.experiment, key, v, id=f"{name}:{key}={v}") for v in values]
-    for key, kind in _numbers(SweepConfig):  # `reinforge tune` flags and sweep files
+    for key, _kind in _numbers(SweepConfig):  # `reinforge tune` flags and sweep files
         cases.append(pytest.param(SweepConfig, key, "-5", id=f"sweep:{key}=-5"))
     return cases
 
@@ -110,7 +110,7 @@ def test_out_of_range_value_is_refused_in_one_line_naming_the_key(experiment, ke
 def test_defaults_and_presets_are_in_range():
     from pipelines.registry import resolve
 
-    for name, pipe in PIPELINES.items():
+    for pipe in PIPELINES.values():
         cfg.build(pipe.experiment, [{}])
     for preset in cfg.list_presets():
         resolve(preset=preset)

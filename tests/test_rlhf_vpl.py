@@ -35,6 +35,15 @@ def test_vpl_elbo_and_kl_against_a_hand_computation():
     assert float(kl_mean) == pytest.approx(np.mean(kl), rel=1e-6)
 
 
+def test_kl_annealing_ramps_beta_from_zero_to_the_kl_weight():
+    from rlhf.reward import RewardStageConfig
+    from rlhf.vpl import kl_weight_at
+
+    cfg = RewardStageConfig(model_type="vpl", kl_weight=0.5, kl_warmup=0.25)
+    assert [kl_weight_at(cfg, s, 100) for s in (0, 5, 25, 99)] == pytest.approx([0.0, 0.1, 0.5, 0.5])
+    assert kl_weight_at(RewardStageConfig(model_type="vpl", kl_weight=0.5), 0, 100) == 0.5  # no warm-up
+
+
 class FixedFeatures:
     """A stand-in transformer: each text's feature vector from a table, a scalar head w."""
 
@@ -171,6 +180,9 @@ def test_vpl_keys_are_checked():
         RewardStageConfig(model_type="vpl", trainer="trl").validate()
     with pytest.raises(ConfigError, match="reward.context_pairs"):
         RewardStageConfig(model_type="vpl", context_pairs=0).validate()
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="reward.kl_warmup=.*in \\[0, 1\\]"):
+            RewardStageConfig(model_type="vpl", kl_warmup=bad).validate()
     with pytest.raises(ConfigError, match=r"raters.profiles=\[tonal,melodic\]"):
         check_simulated_raters(["gold"], "rater", simulated=True)
     check_simulated_raters(["tonal", "melodic"], "rater", simulated=True)
