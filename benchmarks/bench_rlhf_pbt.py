@@ -9,7 +9,7 @@ same total compute, on the melody task, scored by the held-out gold reward.
    ``ppo.learning_rate``, log-uniform), the same number of trials, the same iterations per trial
    and the same sampling seed, so both start from the same configurations:
    - ``fifo``: every trial keeps its sampled settings to the end (the fixed trials);
-   - ``pbt``: every ``perturbation_interval`` logged rows the bottom quarter copies a top trial's
+   - ``pbt``: every ``perturbation_interval`` PPO iterations (at a checkpoint) the bottom quarter copies a top trial's
      checkpoint and perturbs its settings (``reinforge tune`` with the ``sweep-rlhf-ppo-pbt``
      recipe), synchronously (``sweep.synch``: the whole population is compared at each
      perturbation; asynchronous PBT on a population this small can go without an exploit).
@@ -38,7 +38,7 @@ os.environ.setdefault("COLUMNS", "120")
 
 SFT_STEPS = 400  # tiny GPT-2, 2 layers, width 64, on kinder0 (as bench_rlhf_seqtutor)
 TRIALS, ITERS, BATCH, MAX_NEW = 4, 32, 16, 64  # per trial: 512 sampled completions of <= 64 tokens
-EVAL_EVERY, PERTURB = 4, 8  # PBT looks at the population every 8 logged rows (2 evaluations)
+EVAL_EVERY, PERTURB = 4, 8  # PBT looks at the population every 8 PPO iterations (every 2nd checkpoint)
 SEARCH = {"ppo.kl_coef": "loguniform(0.003,0.3)", "ppo.learning_rate": "loguniform(1e-5,3e-4)"}
 
 
