@@ -369,6 +369,23 @@ class _TuneReporter:
         # in every report: PBT's clock, which moves only at a report that carries a checkpoint
         self.checkpoint_step = checkpoint_step
 
+    def carry_from(self, rows: list[dict[str, Any]]) -> None:
+        """Start from the metric's last value in the run's rows (those before the restored
+        checkpoint): a trial restarted at its last checkpoint, with nothing left to train, still
+        ends on a report that has the metric."""
+        if self.metric:
+            for row in reversed(rows):
+                value = self._clean_value(row.get(self.metric))
+                if value is not None:
+                    self.metric_value = value
+                    return
+
+    @staticmethod
+    def _clean_value(v: Any) -> float | None:
+        if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
+            return None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
     def _clean(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in row.items() if k != "time"}
         for k, v in out.items():  # RunDir writes non-finite floats as text; Tune wants numbers
@@ -474,7 +491,7 @@ def make_trainable(pipeline: str, base: dict[str, Any], experiment_dir: str, met
     def trainable(config: dict[str, Any]) -> None:
         from ray import tune
 
-        from cluster.rundir import RunDir
+        from cluster.rundir import RunDir, read_metrics
         from pipelines.registry import Resolved, execute, get_pipeline
 
         pipe = get_pipeline(pipeline)
@@ -492,6 +509,8 @@ def make_trainable(pipeline: str, base: dict[str, Any], experiment_dir: str, met
         rd = RunDir(run_dir, config=resolved.to_dict(), seed=run.seed, device=run.device,
                     tensorboard=run.tensorboard, resume=checkpoint is not None)
         reporter = _TuneReporter(metric, restored_step)
+        if checkpoint is not None:  # a restart (a synchronous PBT pause, an exploit) keeps its metric
+            reporter.carry_from(read_metrics(run_dir))
         rd.add_checkpoint_listener(reporter.on_checkpoint)
         _, result = execute(resolved, listeners=[reporter.on_row], run_dir=rd)
         reporter.finish(result)

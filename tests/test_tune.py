@@ -256,6 +256,12 @@ def test_pbt_clock_moves_only_at_reports_that_carry_a_checkpoint(monkeypatch, tm
     r.finish({"loss": 0.1})
     clock = [(m["checkpoint_step"], c is not None) for m, c in reports]
     assert clock == [(4, False), (6, True), (6, False)], clock
+    # restarted at its last checkpoint with nothing left to train: the metric still comes along
+    reports.clear()
+    r = T._TuneReporter("eval_loss", checkpoint_step=8)
+    r.carry_from([{"step": 6, "eval_loss": 0.5}, {"step": 8, "train_loss": 0.2}, {"step": 8, "eval_loss": "nan"}])
+    r.finish({"train_loss": 0.2})
+    assert reports[0][0]["eval_loss"] == 0.5 and reports[0][0]["checkpoint_step"] == 8
     scheduler = T._scheduler(T.plan_sweep(_sweep(["toy.learning_rate=loguniform(1e-3,1e-1)"], scheduler="pbt")))
     assert scheduler._time_attr == "checkpoint_step"
 
