@@ -103,12 +103,17 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
                 raise ReinforgeError("every rollout worker died in this iteration; "
                                      "check memory (fewer rollout.envs_per_worker) or raise rollout.max_restarts")
             t_roll = time.perf_counter() - t0
+            sampled = sum(int(seg["env_steps"]) for seg in segments)
+            if cfg.overlap_rollouts and env_steps + sampled < cfg.total_steps:
+                # one step off-policy: the next rollout starts now, with the weights before this
+                # update (sent before the bootstrap values and GAE, so the actor never waits on them)
+                group.put_weights(model.state_dict())
+                group.fill(1, cfg.rollout_length)
             for seg in segments:
                 recent.extend(seg["game_returns"])
                 recent_len.extend(seg["game_lengths"])
                 games += len(seg["game_returns"])
                 seg["last_values"] = model.values(seg["last_obs"])  # V(s_T) for bootstrapping, same weights
-            sampled = sum(int(seg["env_steps"]) for seg in segments)
             if cfg.algo == "reinforce":
                 batch = episodes.batch(segments, cfg.gamma)
                 if not len(batch["actions"]):  # no episode ended yet: sample on with the same weights
@@ -117,10 +122,6 @@ def _train(env_cfg, rollout_cfg, cfg: ACConfig, run_dir, seed: int, dev, keep_ch
                     continue
             else:
                 batch = flatten_rollouts(segments, cfg.gamma, cfg.gae_lambda)
-            if cfg.overlap_rollouts and env_steps + sampled < cfg.total_steps:
-                # one step off-policy: the next rollout starts now, with the weights before this update
-                group.put_weights(model.state_dict())
-                group.fill(1, cfg.rollout_length)
             model.train()
             stats = update(model, optimizer, batch, cfg, dev, generator)
             model.eval()
