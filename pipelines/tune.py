@@ -370,21 +370,11 @@ class _TuneReporter:
         self.checkpoint_step = checkpoint_step
 
     def carry_from(self, rows: list[dict[str, Any]]) -> None:
-        """Start from the metric's last value in the run's rows (those before the restored
+        """Start from the metric's last finite value in the run's rows (those before the restored
         checkpoint): a trial restarted at its last checkpoint, with nothing left to train, still
         ends on a report that has the metric."""
-        if self.metric:
-            for row in reversed(rows):
-                value = self._clean_value(row.get(self.metric))
-                if value is not None:
-                    self.metric_value = value
-                    return
-
-    @staticmethod
-    def _clean_value(v: Any) -> float | None:
-        if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf"):
-            return None
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+        for row in rows:
+            self._clean(row)  # keeps each finite value of the metric as metric_value
 
     def _clean(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in row.items() if k != "time"}
