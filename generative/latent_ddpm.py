@@ -38,7 +38,8 @@ from generative.unet import TimeClassEmbedding
 from generative.vae import VAE, reparameterize
 
 AUTOENCODERS = ("vae", "cvae")
-TRAIN_HINT = "train one with 'reinforge gen train --model vae --data digits' and pass --set gen.autoencoder=RUN_DIR"
+TRAIN_HINT = ("train one with 'reinforge gen train --config gen-vae-autoencoder-digits' and pass "
+              "--set gen.autoencoder=RUN_DIR")
 
 
 # --- the equations -------------------------------------------------------------------------------

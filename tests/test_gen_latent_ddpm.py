@@ -154,7 +154,7 @@ def _other_data(path):
 
 
 @pytest.mark.parametrize(("make", "extra", "message"), [
-    (None, (), "gen.autoencoder is empty; train one with 'reinforge gen train --model vae --data digits'"),
+    (None, (), "gen.autoencoder is empty; train one with 'reinforge gen train --config gen-vae-autoencoder-digits'"),
     (lambda p: p / "missing", (), "does not exist; train one with"),
     (lambda p: p.mkdir() or p, (), "holds no readable checkpoint"),
     (_not_generative, (), "is not a 'reinforge gen train' run"),
