@@ -34,7 +34,7 @@ NEEDS_TWO_DOMAINS = {"cyclegan"}
 MODEL_ROW_METRICS: dict[str, tuple[str, ...]] = {
     "byol": ("projection_std",), "simsiam": ("projection_std",),
     "cyclegan": ("cycle_loss", "identity_loss"),
-    "stylegan": ("resolution", "fade_alpha", "r1_penalty"),
+    "stylegan": ("resolution", "fade_alpha", "r1_penalty", "mode_seeking"),
     "latent-ddpm": (),
     "hopfield": ("patterns_stored",),
     "rbm": ("reconstruction_error", "free_energy_gap"),
@@ -125,6 +125,7 @@ class GenConfig:
     style_mixing: float = 0.9  # probability that a generated batch mixes two w's at a random crossover layer
     r1_gamma: float = 10.0  # R1 penalty gamma/2 E||grad D(x)||^2 on real images (0 = off)
     r1_every: int = 4  # R1 on every k-th discriminator step, weighted k times (lazy regularisation)
+    mode_seeking: float = 0.0  # stylegan: weight of MSGAN's mode-seeking term in the generator's loss (0 = off)
     # ---- latent diffusion (generative/latent_ddpm.py) ----
     autoencoder: str = ""  # latent-ddpm: RUN_DIR of a 'gen train --model vae|cvae --data digits' run (frozen)
     latent_source: Literal["mean", "sample"] = "mean"  # latent-ddpm: z = mu(x), or a draw from q(z|x) each step
@@ -195,7 +196,8 @@ class GenConfig:
             progressive_resolutions(self.resolutions, self.image_size)
         check_ranges("gen", self, {"style_dim": ">= 1", "mapping_layers": ">= 1", "fade_epochs": ">= 0",
                                    "stable_epochs": ">= 0", "style_mixing": "[0, 1]",
-                                   "r1_gamma": (">= 0", "0 = no R1 penalty"), "r1_every": ">= 1"})
+                                   "r1_gamma": (">= 0", "0 = no R1 penalty"), "r1_every": ">= 1",
+                                   "mode_seeking": (">= 0", "0 = off")})
         # CycleGAN: the loss weights and the generators' depth
         check_ranges("gen", self, {"cycle_weight": (">= 0", "lambda of the cycle loss; 10 in Zhu et al."),
                                    "identity_weight": (">= 0", "0 = no identity loss"),

@@ -31,6 +31,14 @@ fade-in, a minibatch-stddev channel at 4x4). Losses: the non-saturating GAN loss
     L_D = -E[log D(x)] - E[log(1 - D(G(z)))] + gamma/2 E[||grad_x D(x)||^2]     L_G = -E[log D(G(z))]
 
 (R1 every gen.r1_every discriminator steps, weighted r1_every times: StyleGAN2's lazy regularisation.)
+With gen.mode_seeking = lambda > 0 the generator's loss adds MSGAN's mode-seeking term (Mao et al.
+2019), pairing the first half of a generated batch with the second,
+
+    L_ms = 1 / mean_i( ||G(z_i) - G(z'_i)||_1 / ||z_i - z'_i||_1 )          L_G <- L_G + lambda L_ms
+
+which pushes the images of distant latents apart: on small data the style-based generator
+otherwise grows insensitive to z and collapses (AdaIN normalises each sample on its own, so
+nothing in the generator keeps samples apart as the batch norm of a DCGAN generator does).
 
 All weights use the equalised learning rate (N(0, 1) init, scaled by 1/sqrt(fan_in) at run time).
 """
@@ -110,6 +118,15 @@ def r1_penalty(critic, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scores = critic(real)
     (grads,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
     return scores, grads.pow(2).flatten(1).sum(1).mean()
+
+
+def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's L_ms = 1 / mean_i(||G(z_i) - G(z'_i)||_1 / ||z_i - z'_i||_1) (mean absolute
+    differences), the first half of the batch paired with the second."""
+    half = len(images) // 2
+    d_img = (images[:half] - images[half:2 * half]).abs().flatten(1).mean(1)
+    d_z = (z[:half] - z[half:2 * half]).abs().flatten(1).mean(1)
+    return 1.0 / ((d_img / d_z.clamp_min(eps)).mean() + eps)
 
 
 def downsample_reals(x: torch.Tensor, resolution: int, level: int, alpha: float) -> torch.Tensor:
@@ -356,8 +373,13 @@ class StyleGANModel:
         out.update(d_loss=float(d_loss.detach()), d_real=float(torch.sigmoid(real_s.detach()).mean()),
                    d_fake=float(torch.sigmoid(fake_s.detach()).mean()))
         # generator
-        g_loss = non_saturating_g_loss(self.D(self.G(level=level, alpha=alpha, **self._latents(n, level)),
-                                              level, alpha))
+        latents = self._latents(n, level)
+        fake = self.G(level=level, alpha=alpha, **latents)
+        g_loss = non_saturating_g_loss(self.D(fake, level, alpha))
+        if cfg.mode_seeking > 0 and n >= 2:
+            ms = mode_seeking_loss(fake, latents["z"])
+            g_loss = g_loss + cfg.mode_seeking * ms
+            out["mode_seeking"] = float(ms.detach())
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()  # also fills D's grads; they are cleared before D's next step
         self.opt_g.step()

@@ -17,6 +17,7 @@ from generative.stylegan import (
     adain,
     fade_in,
     mix_styles,
+    mode_seeking_loss,
     schedule,
     style_mixing,
 )
@@ -90,6 +91,23 @@ def test_style_mixing_with_the_crossover_after_the_last_layer_is_the_single_w_im
     assert 0.4 < len(mixed) / 2000 < 0.6 and set(mixed.tolist()) == {1, 2, 3}
 
 
+def test_mode_seeking_loss_by_hand_and_its_gradient_pushes_images_of_distinct_latents_apart():
+    # pairs (0, 2) and (1, 3): image distances 0.5 and 1.5 (mean |diff| over 2 pixels),
+    # latent distances 1 and 3 -> ratios 0.5 and 0.5 -> L_ms = 1 / 0.5 = 2
+    images = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 0.5], [-0.5, -0.5]]).reshape(4, 1, 1, 2)
+    z = torch.tensor([[0.0], [0.0], [1.0], [3.0]])
+    assert mode_seeking_loss(images, z).item() == pytest.approx(2.0, rel=1e-4)
+    # descending it moves the paired images apart: the distance grows
+    x = images.clone().requires_grad_(True)
+    mode_seeking_loss(x, z).backward()
+    moved = (x - 0.1 * x.grad).detach()
+    before = (images[:2] - images[2:]).abs().sum()
+    assert (moved[:2] - moved[2:]).abs().sum() > before
+    # identical images for distinct latents: the largest penalty
+    same = torch.zeros(4, 1, 1, 2)
+    assert mode_seeking_loss(same, z).item() > 1e4
+
+
 def test_schedule_from_the_step_and_a_resumed_model_continues_it():
     # 3 levels, fade 2 epochs, stable 1: [0,1) 4x4 | [1,3) 8x8 fading | [3,4) 8x8 | [4,6) 16x16 fading | 16x16
     expect = {0: (0, 1.0), 0.99: (0, 1.0), 1: (1, 0.0), 2: (1, 0.5), 3: (1, 1.0), 3.5: (1, 1.0), 4: (2, 0.0),
@@ -144,7 +162,7 @@ def test_short_in_process_run_grows_to_16x16_resumes_mid_schedule_and_samples(tm
     run_dir = tmp_path / "sg"
     gen = {"model": "stylegan", "data": "digits", "workers": 0, "epochs": 3, "batch_size": 64, "hidden": 32,
            "style_dim": 32, "latent_dim": 32, "mapping_layers": 2, "fade_epochs": 1, "stable_epochs": 1,
-           "learning_rate": 2e-3, "eval_samples": 300, "grid_samples": 16}
+           "learning_rate": 2e-3, "eval_samples": 300, "grid_samples": 16, "mode_seeking": 1.0}
     run = {"run_dir": str(run_dir), "tensorboard": False}
     execute(resolve(pipeline="gen", extra={"run": run, "gen": gen}))
     # resume the same run dir for two more epochs: the schedule continues at epoch 4 (16x16 fading in)
@@ -156,6 +174,7 @@ def test_short_in_process_run_grows_to_16x16_resumes_mid_schedule_and_samples(tm
     for row, (res, alpha) in zip(rows, _epoch_means(range(5), steps, gen)):
         assert row["resolution"] == pytest.approx(res) and row["fade_alpha"] == pytest.approx(alpha), row
     assert [r["resolution"] for r in rows] == [4, 8, 8, 16, 16]
+    assert all(r["mode_seeking"] > 0 for r in rows)
     names = {k for r in [*rows, result] for k in r} - {"step"}
     assert names <= set(GEN.metrics), names - set(GEN.metrics)
     # it learned: closer to the held-out digits than the same networks untrained
