@@ -101,3 +101,16 @@ def rlhf_stage(argv: list[str]) -> dict:
 
 def sets(section: str, **kv) -> list[str]:
     return [x for k, v in kv.items() for x in ("--set", f"{section}.{k}={v}")]
+
+
+def check_overrides(bench: str, presets: list[str], overrides: list[str]) -> None:
+    """Refuse bad --set values before any training: one line on stderr, exit status 2."""
+    from cluster.errors import ConfigError
+    from pipelines.registry import resolve
+
+    try:
+        for preset in presets:
+            resolve(preset=preset, overrides=overrides)
+    except ConfigError as e:
+        print(f"bench {bench}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import Timer, parse_args, print_table, write_results
+from _common import Timer, check_overrides, parse_args, print_table, write_results
 
 METHODS = ("simclr", "moco", "byol", "simsiam")
 KS = (1, 5, 10)
@@ -81,6 +81,7 @@ def main() -> None:
     unknown = sorted(set(models) - set(METHODS))
     if unknown:
         raise SystemExit(f"bench gen-probe: unknown --models {','.join(unknown)}; choose from {', '.join(METHODS)}")
+    check_overrides("gen-probe", [f"gen-{m}-digits" for m in models], args.set)
     if not args.in_process:  # (the pipeline imports only when used: they are slow to import)
         from cluster.runtime import connect
         from pipelines.registry import execute, resolve

@@ -24,7 +24,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from _common import Timer, parse_args, print_table, write_results
+from _common import Timer, check_overrides, parse_args, print_table, write_results
 
 UPDATES_PER_EPOCH = 1437 // 64  # digits training split / batch 64 (both presets)
 
@@ -100,6 +100,7 @@ def main() -> None:
         (("--curve",), {"type": int, "default": 0, "metavar": "K",
                         "help": "every K epochs: Frechet (500 samples), coverage and stylegan's z-sensitivity"}),
     ])
+    check_overrides("gen-stylegan", ["gen-stylegan-digits"], args.set)
     updates = 44 if args.quick else args.updates
     epochs = max(1, math.ceil(updates / UPDATES_PER_EPOCH))
     out = Path(tempfile.mkdtemp(prefix="bench-gen-stylegan-"))
