@@ -15,7 +15,8 @@ Bayes-optimal accuracy of a predictor that knows who rated.
    rater's z and on a melodic rater's z (``model/conditioned/<kind>``); each policy's held-out
    score under each kind's rules.
 
-    python benchmarks/bench_rlhf_vpl.py [--quick] [--reuse] [--out DIR]   (or: reinforge bench rlhf-vpl)
+    python benchmarks/bench_rlhf_vpl.py [--quick] [--reuse] [--pairs-per-prompt N] [--sft-layers L] [--epochs E]
+        [--kl-weight B] [--context-pairs C] [--ppo-iterations N] [--out DIR]   (or: reinforge bench rlhf-vpl)
 """
 
 from __future__ import annotations
@@ -44,11 +45,66 @@ def kind_scores(ev: dict) -> dict[str, float]:
     return {k: sum(w * ev[f"gold/{rule}"] for rule, w in RATER_PROFILES[k].items()) for k in KINDS}
 
 
+def linear_heads(reward_dir: Path, train, held, epochs: int = 300) -> dict[str, dict[str, float]]:
+    """The ceiling of any reward linear in the BT model's features h (the last-token state its
+    score head reads; VPL's r(x, y; z) = (w + A z) . h is one for each z): with the transformer
+    frozen, a Bradley-Terry head fitted on every train pair ("mixed") and one fitted on each
+    kind's pairs only ("told"), both scored on each kind's held-out pairs. Full-batch Adam on
+    standardised h with a little L2 (1e-3)."""
+    import numpy as np
+    import torch
+
+    from rlhf.models import load_reward_model
+    from rlhf.reward import full_texts
+    from rlhf.vpl import VPLRewardModel
+
+    lm, tok = load_reward_model(reward_dir, "--reward")
+    lm.eval()
+    model = VPLRewardModel(lm, tok, None, None, {})
+
+    def feats(ds):
+        fc, fr, texts = full_texts(ds)
+        ids = {t: tok(t, add_special_tokens=False)["input_ids"] for t in texts}
+        with torch.no_grad():
+            h = model.features(ids, texts, 256)
+        row = {t: n for n, t in enumerate(texts)}
+        return h, torch.tensor([row[t] for t in fc]), torch.tensor([row[t] for t in fr]), np.array(ds["rater"])
+
+    (htr, ctr, rtr, wtr), (hho, cho, rho, who) = feats(train), feats(held)
+    mean, std = htr.mean(0), htr.std(0) + 1e-4
+    htr, hho = (htr - mean) / std, (hho - mean) / std
+
+    def fit(mask):
+        torch.manual_seed(0)
+        w = torch.zeros(htr.shape[1], requires_grad=True)
+        opt = torch.optim.Adam([w], lr=1e-2)
+        for _ in range(epochs):
+            s = htr @ w
+            loss = -torch.nn.functional.logsigmoid(s[ctr[mask]] - s[rtr[mask]]).mean() + 1e-3 * w.pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return w.detach()
+
+    def accuracy(w, kind):
+        s, m = hho @ w, torch.from_numpy(who == kind)
+        return float((s[cho[m]] > s[rho[m]]).float().mean())
+
+    mixed = fit(torch.ones(len(ctr), dtype=torch.bool))
+    return {k: {"mixed": accuracy(mixed, k), "told": accuracy(fit(torch.from_numpy(wtr == k)), k)} for k in KINDS}
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0], [
         (("--files",), {"default": BENCH_FILES, "help": "comma-separated Essen files"}),
         (("--train-prompts",), {"type": int, "default": None, "help": "cap on train prompts (default all)"}),
+        (("--pairs-per-prompt",), {"type": int, "default": 1,
+                                   "help": "rating rounds per prompt, raters.pairs_per_prompt (default 1)"}),
+        (("--sft-layers",), {"type": int, "default": 2, "help": "transformer layers of the SFT (and so reward) model"}),
         (("--epochs",), {"type": float, "default": None, "help": f"reward-model epochs (default {RM_EPOCHS})"}),
+        (("--kl-weight",), {"type": float, "default": VPL_KL, "help": f"VPL reward.kl_weight (default {VPL_KL})"}),
+        (("--context-pairs",), {"type": int, "default": VPL_CONTEXT,
+                                "help": f"VPL reward.context_pairs (default {VPL_CONTEXT})"}),
         (("--ppo-iterations",), {"type": int, "default": 0, "help": "PPO iterations per conditioned reward (0: none)"}),
         (("--reuse",), {"action": "store_true", "help": "reuse the SFT model and preference sets of an earlier run"}),
     ])
@@ -70,12 +126,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     task = MelodyTask(RLHFDataConfig(task="melody", melody=MelodyDataConfig(
         files=args.files.split(","), max_songs=40 if quick else None, max_tokens=96 if quick else 128)), seed=0, log=print)
-    info: dict = {"quick": quick, "files": args.files}
+    info: dict = {"quick": quick, "files": args.files, "pairs_per_prompt": args.pairs_per_prompt,
+                  "sft_layers": args.sft_layers, "kl_weight": args.kl_weight, "context_pairs": args.context_pairs}
     max_new = 48 if quick else 112
 
     if not (args.reuse and (work / "sft" / "reinforge.json").is_file()):
         with Timer() as t:
-            sft = train_sft(SFTStageConfig(max_steps=20 if quick else -1, epochs=20, n_embd=64 if quick else 128),
+            sft = train_sft(SFTStageConfig(max_steps=20 if quick else -1, epochs=20, n_embd=64 if quick else 128,
+                                           n_layer=args.sft_layers),
                             task, work / "sft")
         info["sft"] = {**sft, "seconds": t.seconds}
     prefs = work / "preferences"
@@ -84,7 +142,8 @@ def main() -> None:
         held = datasets.load_from_disk(str(prefs / "heldout"))
     else:
         rcfg = RaterConfig(completions_per_prompt=4 if quick else K, temperature=TEMPERATURE, max_new_tokens=max_new,
-                           profiles=list(KINDS), train_prompts=args.train_prompts)
+                           profiles=list(KINDS), train_prompts=args.train_prompts,
+                           pairs_per_prompt=args.pairs_per_prompt)
         with Timer() as t:
             train, held = task.preferences(None, lambda: load_policy(work / "sft"), rcfg, seed=0)
         info["raters_seconds"] = t.seconds
@@ -98,7 +157,7 @@ def main() -> None:
     results = {}
     for name, cfg in (("bt", RewardStageConfig(**common)),
                       ("vpl", RewardStageConfig(**common, model_type="vpl", latent_dim=VPL_LATENT,
-                                                context_pairs=VPL_CONTEXT, kl_weight=VPL_KL,
+                                                context_pairs=args.context_pairs, kl_weight=args.kl_weight,
                                                 kl_warmup=VPL_WARMUP))):
         with Timer() as t:
             fit = train_vpl_reward if name == "vpl" else train_reward
@@ -129,7 +188,16 @@ def main() -> None:
             "Bayes-optimal": bayes, "BT gap (pts)": 100 * (bayes - bt_acc), "VPL gap (pts)": 100 * (bayes - v_acc)})
     print_table(rows, ["raters", "pairs", "BT", "VPL", "VPL z=0", "BT, one kind", "Bayes-optimal", "BT gap (pts)",
                        "VPL gap (pts)"],
-                title="Held-out pairwise accuracy per rater kind (VPL: z from 8 of the rater's pairs)")
+                title=f"Held-out pairwise accuracy per rater kind (VPL: z from {args.context_pairs} of the rater's pairs)")
+
+    with Timer() as t:
+        heads = linear_heads(work / "reward-bt", train, held)
+    head_rows = [{"raters": k, "BT": rows[i]["BT"], "linear in h, mixed": heads[k]["mixed"],
+                  "linear in h, told": heads[k]["told"], "BT, one kind": rows[i]["BT, one kind"]}
+                 for i, k in enumerate(KINDS)]
+    print_table(head_rows, ["raters", "BT", "linear in h, mixed", "linear in h, told", "BT, one kind"],
+                title=f"Heads linear in the BT model's frozen features h ({t.seconds:.0f} s): any z-conditioned "
+                      "head of this transformer is one of these")
 
     ppo_rows = []
     if args.ppo_iterations > 0:
@@ -157,7 +225,7 @@ def main() -> None:
         print_table(ppo_rows, ["policy", *(f"{k} score" for k in KINDS), "gold", "kl", "seconds"],
                     title=f"PPO ({args.ppo_iterations} iterations) on the VPL reward under each kind's z: "
                           "held-out score by each kind's rules")
-    path = write_results("rlhf-vpl", rows, args.out, ppo=ppo_rows,
+    path = write_results("rlhf-vpl", rows, args.out, ppo=ppo_rows, linear_heads=head_rows,
                          details={**info, "bt": bt, "vpl": {k: v for k, v in vpl.items()},
                                   "bt_one_kind": one_kind})
     print(f"wrote {path}")
