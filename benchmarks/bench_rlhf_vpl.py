@@ -55,18 +55,17 @@ def linear_heads(reward_dir: Path, train, held, epochs: int = 300) -> dict[str, 
     import torch
 
     from rlhf.models import load_reward_model
-    from rlhf.reward import full_texts
-    from rlhf.vpl import VPLRewardModel
+    from rlhf.reward import bradley_terry_loss, bt_accuracy
+    from rlhf.vpl import last_token_features, token_ids
 
     lm, tok = load_reward_model(reward_dir, "--reward")
     lm.eval()
-    model = VPLRewardModel(lm, tok, None, None, {})
 
     def feats(ds):
-        fc, fr, texts = full_texts(ds)
-        ids = {t: tok(t, add_special_tokens=False)["input_ids"] for t in texts}
+        ids, fc, fr = token_ids(tok, ds)
+        texts = list(ids)
         with torch.no_grad():
-            h = model.features(ids, texts, 256)
+            h = last_token_features(lm, tok, ids, texts, 256)
         row = {t: n for n, t in enumerate(texts)}
         return h, torch.tensor([row[t] for t in fc]), torch.tensor([row[t] for t in fr]), np.array(ds["rater"])
 
@@ -80,15 +79,15 @@ def linear_heads(reward_dir: Path, train, held, epochs: int = 300) -> dict[str, 
         opt = torch.optim.Adam([w], lr=1e-2)
         for _ in range(epochs):
             s = htr @ w
-            loss = -torch.nn.functional.logsigmoid(s[ctr[mask]] - s[rtr[mask]]).mean() + 1e-3 * w.pow(2).sum()
+            loss = bradley_terry_loss(s[ctr[mask]], s[rtr[mask]]) + 1e-3 * w.pow(2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
         return w.detach()
 
     def accuracy(w, kind):
-        s, m = hho @ w, torch.from_numpy(who == kind)
-        return float((s[cho[m]] > s[rho[m]]).float().mean())
+        s, m = (hho @ w).numpy(), who == kind
+        return bt_accuracy(s[cho.numpy()[m]], s[rho.numpy()[m]])
 
     mixed = fit(torch.ones(len(ctr), dtype=torch.bool))
     return {k: {"mixed": accuracy(mixed, k), "told": accuracy(fit(torch.from_numpy(wtr == k)), k)} for k in KINDS}

@@ -123,19 +123,24 @@ class VPLRewardModel:
         return self.lm.score.weight[0]
 
     def features(self, ids: dict[str, list[int]], texts: list[str], batch_size: int | None = None):
-        """h of each text: the final hidden state at its last token (texts left-padded)."""
-        import torch
+        return last_token_features(self.lm, self.tokenizer, ids, texts, batch_size)
 
-        from rlhf.models import hidden_states, pack
 
-        dev = self.w.device
-        step = batch_size or max(1, len(texts))
-        out = []
-        for i in range(0, len(texts), step):
-            b = pack([ids[t] for t in texts[i:i + step]], [[] for _ in texts[i:i + step]], self.tokenizer.pad_token_id)
-            h = hidden_states(self.lm, b["input_ids"].to(dev), b["attention_mask"].to(dev), b["position_ids"].to(dev))
-            out.append(h[:, -1].float())
-        return torch.cat(out) if out else torch.zeros(0, self.w.shape[0], device=dev)
+def last_token_features(lm, tokenizer, ids: dict[str, list[int]], texts: list[str], batch_size: int | None = None):
+    """h of each text: a sequence-classification model's final hidden state at the last token
+    (texts left-padded), the vector its score head reads. ``ids``: text -> token ids."""
+    import torch
+
+    from rlhf.models import hidden_states, pack
+
+    dev = lm.score.weight.device
+    step = batch_size or max(1, len(texts))
+    out = []
+    for i in range(0, len(texts), step):
+        b = pack([ids[t] for t in texts[i:i + step]], [[] for _ in texts[i:i + step]], tokenizer.pad_token_id)
+        h = hidden_states(lm, b["input_ids"].to(dev), b["attention_mask"].to(dev), b["position_ids"].to(dev))
+        out.append(h[:, -1].float())
+    return torch.cat(out) if out else torch.zeros(0, lm.score.weight.shape[1], device=dev)
 
 
 def check_rater_column(ds, column: str) -> None:
