@@ -21,6 +21,7 @@ process (what gen.workers=0 runs, without Ray or the pipeline), then the same pr
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(METHODS))
     if unknown:
-        raise SystemExit(f"bench gen-probe: unknown --models {','.join(unknown)}; choose from {', '.join(METHODS)}")
+        print(f"bench gen-probe: unknown --models {','.join(unknown)}; choose from {', '.join(METHODS)}", file=sys.stderr)
+        raise SystemExit(2)
     check_overrides("gen-probe", [f"gen-{m}-digits" for m in models], args.set)
     if not args.in_process:  # (the pipeline imports only when used: they are slow to import)
         from cluster.runtime import connect

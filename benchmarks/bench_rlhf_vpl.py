@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from _common import Timer, parse_args, print_table, write_results
@@ -119,6 +120,14 @@ def main() -> None:
     from rlhf.tasks import MelodyTask, RLHFDataConfig
     from rlhf.vpl import train_vpl_reward
 
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v, ok in (
+        ("pairs_per_prompt", args.pairs_per_prompt, args.pairs_per_prompt >= 1),
+        ("sft_layers", args.sft_layers, args.sft_layers >= 1), ("context_pairs", args.context_pairs, args.context_pairs >= 1),
+        ("kl_weight", args.kl_weight, args.kl_weight >= 0), ("epochs", args.epochs, args.epochs is None or args.epochs > 0))
+        if not ok]
+    if bad:  # refused before any training, one line, exit 2
+        print(f"bench rlhf-vpl: {', '.join(bad)}: counts must be >= 1, --kl-weight >= 0, --epochs > 0", file=sys.stderr)
+        raise SystemExit(2)
     quick, work = args.quick, Path(args.out) / "rlhf-vpl-work"
     for setup in (limit_threads, quiet_libraries, lambda: seed_everything(0)):
         setup()
