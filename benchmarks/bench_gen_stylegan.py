@@ -7,9 +7,11 @@ samples each against the 360 held-out digits. Seconds are training time.
 Prints the classifier-feature Frechet distance (lower is better; not FID), class coverage and
 seconds side by side.
 
-    python benchmarks/bench_gen_stylegan.py [--quick] [--updates N] [--seed S] [--set gen.KEY=VALUE ...]
-                                            [--curve K]
+    python benchmarks/bench_gen_stylegan.py [--quick] [--updates N] [--seed S] [--seeds N]
+                                            [--set gen.KEY=VALUE ...] [--curve K]
     # or: reinforge bench gen-stylegan [...]
+--seeds N: seeds S, S+1, ..., S+N-1, both models per seed, and each model's mean over them (one
+  seed's Frechet distance varies by tens of points for either model at this budget).
 --set: overrides for the stylegan preset only (the GAN keeps its preset), as ``reinforge --set``.
 --curve K: every K epochs, both models' Frechet distance and class coverage on 500 samples (so
   read them against each other, not against the final 1,000-sample table) and, for stylegan, its
@@ -21,6 +23,8 @@ seconds side by side.
 from __future__ import annotations
 
 import math
+import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -95,32 +99,49 @@ def main() -> None:
         (("--updates",), {"type": int, "default": 660, "help": "generator updates for each model (default 660: "
                                                                "the gen-gan-digits preset's 30 epochs)"}),
         (("--seed",), {"type": int, "default": 0}),
+        (("--seeds",), {"type": int, "default": 1, "metavar": "N", "help": "seeds S .. S+N-1 and the mean"}),
         (("--set",), {"action": "append", "default": [], "metavar": "gen.KEY=VALUE",
                       "help": "override the stylegan preset (repeatable)"}),
         (("--curve",), {"type": int, "default": 0, "metavar": "K",
                         "help": "every K epochs: Frechet (500 samples), coverage and stylegan's z-sensitivity"}),
     ])
+    if args.seeds < 1 or args.updates < 1 or args.curve < 0:
+        print(f"bench gen-stylegan: --seeds {args.seeds}, --updates {args.updates}, --curve {args.curve}: "
+              "--seeds and --updates must be >= 1 and --curve >= 0", file=sys.stderr)
+        raise SystemExit(2)
     check_overrides("gen-stylegan", ["gen-stylegan-digits"], args.set)
     updates = 44 if args.quick else args.updates
     epochs = max(1, math.ceil(updates / UPDATES_PER_EPOCH))
     out = Path(tempfile.mkdtemp(prefix="bench-gen-stylegan-"))
     extra = {"eval_samples": 200} if args.quick else {}
     rows, curve_rows = [], []
-    for preset in ("gen-stylegan-digits", "gen-gan-digits"):
-        res, secs = run(preset, out, epochs, args.seed, args.set if preset == "gen-stylegan-digits" else None,
-                        args.curve, curve_rows, **extra)
-        rows.append({"model": preset.split("-")[1], "preset": preset, "epochs": res["epochs"],
-                     "generator_updates": res["steps"],
-                     "classifier_frechet_distance": res["classifier_frechet_distance"],
-                     "class_coverage": res["class_coverage"], "seconds": round(secs, 1),
-                     "run_dir": str(out / preset)})
-        print(rows[-1], flush=True)
-    print_table(rows, ["preset", "epochs", "generator_updates", "classifier_frechet_distance", "class_coverage",
-                       "seconds"], "digits 16x16, same generator updates (classifier-feature Frechet; lower is better)")
+    presets = ("gen-stylegan-digits", "gen-gan-digits")
+    for seed in range(args.seed, args.seed + args.seeds):
+        for preset in presets:
+            run_dir = out / f"seed{seed}" if args.seeds > 1 else out
+            res, secs = run(preset, run_dir, epochs, seed, args.set if preset == "gen-stylegan-digits" else None,
+                            args.curve, curve_rows, **extra)
+            rows.append({"model": preset.split("-")[1], "preset": preset, "seed": seed, "epochs": res["epochs"],
+                         "generator_updates": res["steps"],
+                         "classifier_frechet_distance": round(res["classifier_frechet_distance"], 1),
+                         "class_coverage": res["class_coverage"], "seconds": round(secs, 1),
+                         "run_dir": str(run_dir / preset)})
+            print(rows[-1], flush=True)
+    if args.seeds > 1:  # each model's mean over the seeds
+        for preset in presets:
+            mine = [r for r in rows if r["preset"] == preset]
+            rows.append({"model": mine[0]["model"], "preset": preset, "seed": f"mean of {args.seeds}",
+                         "epochs": epochs, "generator_updates": mine[0]["generator_updates"],
+                         **{k: round(statistics.mean(r[k] for r in mine), 1)
+                            for k in ("classifier_frechet_distance", "class_coverage", "seconds")}})
+    print_table(rows, ["preset", "seed", "epochs", "generator_updates", "classifier_frechet_distance",
+                       "class_coverage", "seconds"],
+                "digits 16x16, same generator updates (classifier-feature Frechet; lower is better)")
     if curve_rows:
         print_table(curve_rows, ["preset", "epoch", "frechet_500", "class_coverage", "z_sensitivity"],
                     "along the run (500 samples each)")
     path = write_results("gen-stylegan", rows, args.out, quick=args.quick, updates=updates, overrides=args.set,
+                         seeds=list(range(args.seed, args.seed + args.seeds)),
                          curve=curve_rows,
                          note="CPU only; one process, one thread, no Ray; 1,000 samples per model unless --quick")
     print(f"results: {path}")

@@ -10,7 +10,7 @@ Synthesis, from a learned constant 4x4 input; at every resolution r = 4, 8, ...,
 
     x <- adain(lrelu(conv3x3(upsample(x)) + B_l * noise + b_l), A_l(w_l))    noise ~ N(0, 1) per pixel,
                                                                             B_l a learned per-channel scale
-    toRGB_r(x) = conv1x1(x)
+    toRGB_r(x) = conv1x1(x)                                  image = tanh(toRGB_S(x))   output_image
 
 Style mixing regularisation (probability gen.style_mixing): two codes, a random crossover layer c,
 
@@ -37,7 +37,7 @@ With gen.mode_seeking = lambda > 0 the generator's loss adds MSGAN's mode-seekin
     L_ms = 1 / mean_i( ||G(z_i) - G(z'_i)||_1 / ||z_i - z'_i||_1 )          L_G <- L_G + lambda L_ms
 
 which pushes the images of distant latents apart: on small data the style-based generator
-otherwise grows insensitive to z and collapses (AdaIN normalises each sample on its own, so
+otherwise grows less sensitive to z as it trains (AdaIN normalises each sample on its own, so
 nothing in the generator keeps samples apart as the batch norm of a DCGAN generator does).
 
 All weights use the equalised learning rate (N(0, 1) init, scaled by 1/sqrt(fan_in) at run time).
@@ -96,6 +96,13 @@ def style_mixing(n: int, num_layers: int, active_layers: int, prob: float, devic
 def fade_in(low: torch.Tensor, high: torch.Tensor, alpha: float) -> torch.Tensor:
     """(1 - alpha) upsample(low) + alpha high: ProGAN's blend while a resolution is added."""
     return torch.lerp(F.interpolate(low, scale_factor=2, mode="nearest"), high, float(alpha))
+
+
+def output_image(rgb: torch.Tensor) -> torch.Tensor:
+    """image = tanh(toRGB(x)), in (-1, 1) as the DCGAN generator's. Digits are mostly background
+    at exactly -1; after instance-normalised features a linear toRGB only approaches it (grey,
+    blotchy backgrounds that the discriminator tells apart at once)."""
+    return torch.tanh(rgb)
 
 
 def schedule(epoch: float, num_levels: int, fade_epochs: float, stable_epochs: float) -> tuple[int, float]:
@@ -233,7 +240,7 @@ class Generator(nn.Module):
             if k == level - 1 and alpha < 1:
                 low = self.to_rgb[k](x)
         img = self.to_rgb[level](x)
-        return fade_in(low, img, alpha) if low is not None else img
+        return output_image(fade_in(low, img, alpha) if low is not None else img)
 
     def forward(self, z: torch.Tensor, level: int, alpha: float, z2: torch.Tensor | None = None,
                 crossover: torch.Tensor | None = None) -> torch.Tensor:
