@@ -36,9 +36,8 @@ With gen.mode_seeking = lambda > 0 the generator's loss adds MSGAN's mode-seekin
 
     L_ms = 1 / mean_i( ||G(z_i) - G(z'_i)||_1 / ||z_i - z'_i||_1 )          L_G <- L_G + lambda L_ms
 
-which pushes the images of distant latents apart: on small data the style-based generator
-otherwise grows less sensitive to z as it trains (AdaIN normalises each sample on its own, so
-nothing in the generator keeps samples apart as the batch norm of a DCGAN generator does).
+which pushes the images of distant latents apart (AdaIN normalises each sample on its own, so
+nothing else in the generator keeps samples apart as the batch norm of a DCGAN generator does).
 
 All weights use the equalised learning rate (N(0, 1) init, scaled by 1/sqrt(fan_in) at run time).
 """
