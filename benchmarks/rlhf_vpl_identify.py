@@ -21,9 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repository root on sys.path)
-
-TEMPERATURE = 0.5  # bench rlhf-vpl's raters
+from bench_rlhf_vpl import TEMPERATURE  # the raters' temperature that labelled bench rlhf-vpl's pairs
 
 
 def main() -> None:
@@ -46,6 +44,7 @@ def main() -> None:
     import numpy as np
 
     from rlhf.gold import RATER_PROFILES, profile_score
+    from rlhf.raters import preference_probability
     from rlhf.reward import full_texts
 
     ds = datasets.load_from_disk(args.preferences)
@@ -59,8 +58,8 @@ def main() -> None:
     sub = ds.select(idx.tolist())
     chosen, rejected, _ = full_texts(sub)
     who = np.array(sub["rater"])
-    loglik = {k: np.array([-np.logaddexp(0.0, -(profile_score(c, k) - profile_score(r, k)) / TEMPERATURE)
-                           for c, r in zip(chosen, rejected)]) for k in kinds}
+    loglik = {k: np.log(preference_probability([profile_score(c, k) for c in chosen],
+                                               [profile_score(r, k) for r in rejected], TEMPERATURE)) for k in kinds}
     print(f"{len(sub)} pairs of {args.preferences}; kinds {', '.join(kinds)}; T = {TEMPERATURE}")
     print("| context pairs | kind identified |\n|---|---|")
     for c in args.context:

@@ -51,18 +51,18 @@ def test_adain_gives_each_channel_the_styles_mean_and_std():
     assert torch.allclose(adain(x, -scale, bias).std((2, 3), unbiased=False), scale, atol=1e-4)
 
 
-def test_the_image_is_tanh_of_torgb_in_the_open_interval_minus_one_one():
+def test_the_image_is_tanh_of_torgb_in_the_open_interval_minus_one_one(monkeypatch):
+    import generative.stylegan as sg
+
     g = _generator()
     ws, noise = g.styles(torch.randn(3, 8)), _noise(3)
     with torch.no_grad():
         for layer in g.to_rgb:  # a large toRGB: a linear output would leave [-1, 1]
             layer.weight.mul_(100.0)
-        x = g.const.expand(3, -1, -1, -1)
-        for k in range(3):
-            for j, layer in enumerate(g.blocks[k]):
-                x = layer(x, ws[:, 2 * k + j], noise[2 * k + j])
-        rgb = g.to_rgb[2](x)
         img = g.synthesis(ws, 2, 1.0, noise)
+        with monkeypatch.context() as m:  # the same synthesis without the output nonlinearity
+            m.setattr(sg, "output_image", lambda rgb: rgb)
+            rgb = g.synthesis(ws, 2, 1.0, noise)
     assert rgb.abs().max() > 1.5
     assert torch.allclose(img, output_image(rgb)) and torch.allclose(img, torch.tanh(rgb))
     assert img.abs().max() <= 1.0
